@@ -293,11 +293,21 @@ def _build_cache(folder: Path) -> None:
     _atomic_write_bytes(folder / "manifest.json", json.dumps(manifest, indent=1).encode())
 
 
+_VERIFIED: set[Path] = set()   # cache folders whose checksum this process has verified
+
+
 def ensure_model_cache() -> Path:
-    """The cache folder of the fp32 model, built from the GGUF when missing or corrupt."""
+    """The cache folder of the fp32 model, built from the GGUF when missing or corrupt.
+
+    The folder is a plain transformers checkpoint (config.json + model.safetensors), so
+    ``LlamaForCausalLM.from_pretrained(folder)`` loads it too. The SHA-256 check runs once
+    per process.
+    """
     folder = _model_cache()
-    if not _cache_is_valid(folder):
-        _build_cache(folder)
+    if folder not in _VERIFIED:
+        if not _cache_is_valid(folder):
+            _build_cache(folder)
+        _VERIFIED.add(folder)
     return folder
 
 
@@ -311,17 +321,13 @@ def load_state_dict() -> dict:
 def load_model():
     """``(model, tokenizer)``: the transformers LlamaForCausalLM in fp32, eval mode, CPU."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from transformers.utils import logging as hf_logging
 
     folder = ensure_model_cache()
-    config = LlamaConfig.from_json_file(folder / "config.json")
-    model = LlamaForCausalLM(config)
-    # lm_head is tied to the embedding, so it is the one key the cache does not store.
-    result = model.load_state_dict(load_state_dict(), strict=False)
-    if result.unexpected_keys or set(result.missing_keys) - {"lm_head.weight"}:
-        raise RuntimeError(f"cached model at {folder} does not match the architecture "
-                           f"({result}); delete the folder to rebuild it")
-    model.tie_weights()
+    hf_logging.disable_progress_bar()     # its rate readout would differ run to run
+    model = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32)
     if model.lm_head.weight.data_ptr() != model.model.embed_tokens.weight.data_ptr():
         raise RuntimeError("lm_head is not tied to the embedding after loading")
     model.eval()

@@ -4,8 +4,9 @@
 
 Unlike ``jupyter execute --inplace`` this records no execution timestamps, so a
 re-run that computes the same numbers gives a clean ``git diff``. Execution counts
-are renumbered 1..n and the kernel metadata is normalised. The file is written
-atomically (temp file, then rename); a failing cell aborts and leaves the old file.
+are renumbered 1..n, stream chunks are merged and the kernel metadata is normalised.
+The file is written atomically (temp file, then rename); a failing cell aborts and
+leaves the old file.
 """
 
 import os
@@ -21,6 +22,19 @@ ROOT = Path(__file__).resolve().parents[1]
 KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
 
 
+def coalesce_streams(outputs: list) -> list:
+    """Merge consecutive stdout (or stderr) chunks: how a stream is split depends on timing."""
+    merged = []
+    for out in outputs:
+        prev = merged[-1] if merged else None
+        if (out.get("output_type") == "stream" and prev is not None
+                and prev.get("output_type") == "stream" and prev.get("name") == out.get("name")):
+            prev["text"] += out["text"]
+        else:
+            merged.append(out)
+    return merged
+
+
 def run(path: Path, timeout: int = 1200) -> float:
     nb = nbformat.read(path, as_version=4)
     nb.metadata["kernelspec"] = KERNELSPEC
@@ -34,6 +48,8 @@ def run(path: Path, timeout: int = 1200) -> float:
     elapsed = time.perf_counter() - start
     count = 0
     for cell in nb.cells:
+        if "outputs" in cell:
+            cell.outputs = coalesce_streams(cell.outputs)
         cell.metadata.pop("execution", None)
         if cell.cell_type == "code":
             count += 1
