@@ -1,0 +1,92 @@
+"""Throughput of the randomized Hadamard transform per tier, single thread.
+
+    .venv/bin/python benchmarks/bench_coherence.py [--rows 8192] [--repeats 5]
+
+For n in {576, 1536, 4096} it rotates a batch of float32 rows x -> H (s * x) with each
+tier of ``RandomizedHadamard.forward`` (input checks included), and, as baselines on
+the same data, the dense product x @ R^T with the explicit n x n rotation matrix
+(numpy BLAS and torch) and the product with a linear layer of that input size
+(the matmul the online transform sits next to). Prints a markdown table: best of
+``repeats`` runs, in vectors/s and in GB/s of float32 input.
+"""
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from pvqref import coherence as coh  # noqa: E402
+
+SIZES = (576, 1536, 4096)
+# (out, in) of the linear layer whose input has size n, for the cost comparison:
+# SmolLM2 q_proj (576 -> 576) and down_proj (1536 -> 576), Llama-2-7B q_proj (4096 -> 4096).
+LINEAR_SHAPES = {576: (576, 576), 1536: (576, 1536), 4096: (4096, 4096)}
+
+
+def best_time(fn, repeats: int) -> float:
+    fn()                                     # warm-up (and Numba compilation)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def measure(rows: int = 8192, repeats: int = 5, sizes=SIZES, seed: int = 0) -> list[dict]:
+    """One dict per (n, method): seconds for the batch, vectors/s, GB/s of input."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        results = []
+        rng = np.random.default_rng(seed)
+        for n in sizes:
+            x = rng.standard_normal((rows, n)).astype(np.float32)
+            xt = torch.from_numpy(x)
+            R = coh.RandomizedHadamard(n, seed)
+            Rm = R.matrix().astype(np.float32)
+            Rt = torch.from_numpy(Rm)
+            W = torch.from_numpy(rng.standard_normal(LINEAR_SHAPES[n]).astype(np.float32))
+            methods = {
+                "reference": lambda: R.forward(x, backend="reference"),
+                "numba": lambda: R.forward(x, backend="numba"),
+                "torch": lambda: R.forward(xt, backend="torch"),
+                "dense x @ R^T (numpy)": lambda: x @ Rm.T,
+                "dense x @ R^T (torch)": lambda: xt @ Rt.T,
+                f"linear {LINEAR_SHAPES[n][1]}->{LINEAR_SHAPES[n][0]} (torch)": lambda: xt @ W.T,
+            }
+            for name, fn in methods.items():
+                t = best_time(fn, repeats)
+                results.append({"n": n, "method": name, "seconds": t, "vectors_per_s": rows / t,
+                                "GB_per_s": rows * n * 4 / t / 1e9})
+        return results
+    finally:
+        torch.set_num_threads(threads)
+
+
+def markdown(results: list[dict]) -> str:
+    lines = ["| n | method | vectors/s | GB/s (fp32 in) |", "|---:|:---|---:|---:|"]
+    for r in results:
+        lines.append(f"| {r['n']} | {r['method']} | {r['vectors_per_s']:,.0f} | "
+                     f"{r['GB_per_s']:.2f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=8192)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    print(f"rows={args.rows}, float32, single thread, best of {args.repeats}\n")
+    print(markdown(measure(args.rows, args.repeats)))
+
+
+if __name__ == "__main__":
+    main()
