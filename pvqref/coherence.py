@@ -233,7 +233,9 @@ def supported_sizes(max_n: int) -> list[int]:
 def construction(n: int) -> str:
     """Human-readable recipe of H_n, e.g. ``"paley2(q=17) (x) sylvester(16)"``."""
     k, M, name = _require(n)
-    return f"{name} (x) sylvester({M})" if k > 1 else f"sylvester({M})"
+    if k == 1:
+        return f"sylvester({M})"
+    return name if M == 1 else f"{name} (x) sylvester({M})"
 
 
 def _require(n: int) -> tuple[int, int, str]:

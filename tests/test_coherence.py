@@ -57,6 +57,7 @@ def test_required_sizes_are_supported_and_llama_coverage_is_as_documented():
         assert coh.is_supported(n), n
     assert coh.construction(576) == "paley2(q=17) (x) sylvester(16)"
     assert coh.construction(1536) == "paley1(q=11) (x) sylvester(128)"
+    assert coh.construction(12) == "paley1(q=11)" and coh.construction(8) == "sylvester(8)"
     for n, covered in LLAMA_SIZES.items():
         assert coh.is_supported(n) == covered, n
     sizes = coh.supported_sizes(16384)

@@ -1,0 +1,84 @@
+"""Throughput of the complete PVQ quantizer per tier, single thread.
+
+    .venv/bin/python benchmarks/bench_gain.py [--repeats 3]
+
+For a few (n, L) at 3.25 bits per weight (K and gain bits from ``gain.config_for_rate``,
+2 Lloyd-Max gain bits) it times, on Gaussian rows:
+
+- ``quantize_dequantize`` (search + gain codes + reconstruction, no enumeration),
+- ``quantize`` (search + gain codes + pyramid indices) and ``dequantize`` (decode +
+  reconstruction),
+- the pyramid direction search alone (``pyramid.search_batch``), to show how much of the
+  time is the gain part.
+
+Each tier gets a batch sized to its speed (reference: 8 rows, torch: 64, numba: 512).
+Prints a markdown table: best of ``repeats`` runs, in thousands of weights per second.
+"""
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from pvqref import gain, pyramid  # noqa: E402
+
+CASES = ((576, 144), (576, 288), (1536, 96), (1536, 192))
+ROWS = {"reference": 8, "torch": 64, "numba": 512}
+
+
+def best_time(fn, repeats: int) -> float:
+    fn()                                     # warm-up (and Numba compilation)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def measure(repeats: int = 3, seed: int = 0) -> list[dict]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rng = np.random.default_rng(seed)
+        results = []
+        for n, L in CASES:
+            cfg = gain.config_for_rate(L, n, 3.25, 2)
+            for backend, rows in ROWS.items():
+                W = rng.standard_normal((rows, n))
+                X = torch.from_numpy(W) if backend == "torch" else W
+                G = X.reshape(-1, L)
+                Q = gain.quantize(X, cfg, backend)
+                t = {"quantize_dequantize": best_time(lambda: gain.quantize_dequantize(X, cfg, backend), repeats),
+                     "quantize": best_time(lambda: gain.quantize(X, cfg, backend), repeats),
+                     "dequantize": best_time(lambda: gain.dequantize(Q, backend), repeats),
+                     "search only": best_time(lambda: pyramid.search_batch(G, cfg.K, backend=backend), repeats)}
+                results.append({"n": n, "L": L, "K": cfg.K, "backend": backend,
+                                **{k: W.size / v for k, v in t.items()}})
+        return results
+    finally:
+        torch.set_num_threads(threads)
+
+
+def table(results: list[dict]) -> str:
+    cols = ["quantize_dequantize", "quantize", "dequantize", "search only"]
+    lines = ["| n | L | K | tier | " + " | ".join(f"{c} (k weights/s)" for c in cols) + " |",
+             "|---|---|---|---|" + "---|" * len(cols)]
+    for r in results:
+        lines.append(f"| {r['n']} | {r['L']} | {r['K']} | {r['backend']} | "
+                     + " | ".join(f"{r[c] / 1e3:.0f}" for c in cols) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    print(table(measure(args.repeats)))
