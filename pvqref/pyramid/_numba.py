@@ -6,8 +6,8 @@ add, subtract and compare on entries of two precomputed tables, so we never mult
 divide big numbers:
 
     N[l, k] = N(l, k)                      (count of P(l, k))
-    M[l, k] = N(l, k) + N(l-1, k)          (points of P(l, k+1) whose first |coordinate| > 0,
-                                            minus those of P(l-1, k); used by decode)
+    M[l, k] = N(l, k) + N(l-1, k)          (= the number of points of P(l, k+a) whose first
+                                            coordinate has magnitude >= a, for any a >= 1)
 
 Telescoping the reference sum with the recurrence N(l,k) - N(l,k-1) = N(l-1,k) + N(l-1,k-1)
 turns the rank contribution of a coordinate with |y_i| = a > 0 into two table look-ups:
