@@ -2,8 +2,9 @@
 
     .venv/bin/python benchmarks/bench_gain.py [--repeats 3]
 
-For a few (n, L) at 3.25 bits per weight (K and gain bits from ``gain.config_for_rate``,
-2 Lloyd-Max gain bits) it times, on Gaussian rows:
+For a few (n, L) at 3.25 bits per weight (K from ``gain.config_for_rate`` for the
+smallest batch, 2 Lloyd-Max gain bits, the default log-grid row norms) it times, on
+Gaussian rows:
 
 - ``quantize_dequantize`` (search + gain codes + reconstruction, no enumeration),
 - ``quantize`` (search + gain codes + pyramid indices) and ``dequantize`` (decode +
@@ -50,7 +51,7 @@ def measure(repeats: int = 3, seed: int = 0) -> list[dict]:
         rng = np.random.default_rng(seed)
         results = []
         for n, L in CASES:
-            cfg = gain.config_for_rate(L, n, 3.25, 2)
+            cfg = gain.config_for_rate(L, (min(ROWS.values()), n), 3.25, 2)
             for backend, rows in ROWS.items():
                 W = rng.standard_normal((rows, n))
                 X = torch.from_numpy(W) if backend == "torch" else W

@@ -11,7 +11,10 @@ Contents, in reading order:
 - Gain codebooks on ``t = gain / row norm`` (:class:`GainCodebook`): Beta quantile levels
   :func:`quantile_levels`, Lloyd-Max levels :func:`lloyd_max_levels`, the uniform
   baseline :func:`uniform_levels`; :func:`gain_codebook` builds any of them.
-- The complete quantizer: :class:`PVQConfig` (L, K, gain bits, ...),
+- The side information: row norms stored as fp16 or as log-grid codes between a
+  per-matrix min and max (:func:`norm_levels`, :func:`coded_row_norms`,
+  :func:`decode_row_norms`).
+- The complete quantizer: :class:`PVQConfig` (L, K, gain bits, norm bits, ...),
   :func:`quantize` -> :class:`QuantizedMatrix` -> :func:`dequantize`, the shortcut
   :func:`quantize_dequantize` (same result without enumerating indices), bit packing
   (:meth:`QuantizedMatrix.to_bytes`, :func:`from_bytes`), and :func:`choose_config`, which
@@ -47,8 +50,8 @@ from scipy import special, stats
 #     S ~ Beta(L/2, (n-L)/2),   E[S] = L/n.
 # With L = 1 and n = L this is the law of one squared coordinate of a unit vector in R^L:
 #     v_i^2 ~ Beta(1/2, (L-1)/2).
-# A group's gain is ||w_g|| = ||w|| * sqrt(S): we store the row norm once per row (fp16)
-# and code the normalised gain  T = sqrt(S)  with b bits. Its law follows from S's:
+# A group's gain is ||w_g|| = ||w|| * sqrt(S): we store the row norm once per row (coded,
+# see the complete quantizer below) and code the normalised gain  T = sqrt(S)  with b bits. Its law follows from S's:
 #     F_T(t) = I_{t^2}(L/2, (n-L)/2)   (I = regularised incomplete beta function),
 #     density f_T(t) = 2 t f_S(t^2)  proportional to  t^{L-1} (1 - t^2)^{(n-L)/2 - 1},
 # which is log-concave for L >= 1, n - L >= 2 (sum of (L-1) log t and a concave term).
@@ -255,32 +258,58 @@ def gain_codebook(L: int, n: int, bits: int, kind: str = "lloyd_max") -> GainCod
 # ----------------------------------------------------------------------------------------
 # The complete PVQ quantizer of a weight matrix W (m rows of length n; groups of L
 # consecutive weights of a row, L dividing n, L < n). What is stored:
-#     per row     r = fp16(||w||)                                   16 bits
+#     per matrix  a format-version byte                              8 bits
+#                 the norm range lo, hi as fp32 (log norms only)      64 bits
+#     per row     the coded row norm r_hat (see below)               norm_bits
 #     per group   the pyramid index of y = search(w_g, K)           bits(L, K) = ceil(log2 N(L, K))
 #                 the gain code c (nearest level to t)              gain_bits
-# and the decoder returns  w_g ~ r * t_c * y / ||y||.
-#     bits per weight = (bits(L, K) + gain_bits) / L + 16 / n         exactly; nothing else
-# is stored (L, K, gain bits, the codebook kind and the shape are the format, not data).
+# and the decoder returns  w_g ~ r_hat * t_c * y / ||y||.  Exactly, nothing else stored:
+#     bits per weight = (bits(L, K) + gain_bits) / L + norm_bits / n + matrix_bits / (m n)
+# with matrix_bits = 8 (fp16 norms) or 72 (log norms). L, K, the bit counts, the codebook
+# kind and the shape are the format (known to the reader, like a file's schema), not data.
+#
+# Row norms (the side information; PVQConfig.norm_bits):
+#   norm_bits = 16   r_hat = fp16(r): 16 bits per row, relative error <= 2^-11.
+#   norm_bits = b    (2 <= b <= 15) a logarithmic grid between the extreme non-zero row
+#                    norms of the matrix, lo = fp32(min r) and hi = fp32(max r), stored once
+#                    per matrix. With N = 2^b - 1 levels
+#                        l_j = lo * (hi / lo)^((j - 1) / (N - 1)),    j = 1..N,
+#                    code 0 means a zero row (r_hat = 0) and code j means r_hat = l_j. The
+#                    encoder takes the nearest level in log distance (thresholds at the
+#                    geometric midpoints sqrt(l_j l_{j+1})), so
+#                        |log(r_hat / r)| <= log(hi / lo) / (2 (N - 1)).
+#   A log grid because r_hat / r is what matters (it scales the whole row). And the gain
+#   codes are computed from r_hat (t = g / r_hat), so a norm error does not add to the
+#   reconstruction directly: it only moves t by the factor r / r_hat against the gain levels.
+#   That is why a few bits are enough; the gain chapter measures the trade-off.
 #
 # Which t to code. For a unit direction u = y/||y|| the error of the group is
 #     ||w_g - g u||^2 = ||w_g||^2 - <w_g, u>^2 + (g - <w_g, u>)^2,
 # minimised by the least-squares gain g* = <w_g, u> = ||w_g|| cos(angle). We code
-# t = g* / r ("ls", the default); "norm" codes t = ||w_g|| / r instead, which overshoots by
-# the factor 1 / cos(angle) of the direction error. Both are measured in the gain chapter.
+# t = g* / r_hat ("ls", the default); "norm" codes t = ||w_g|| / r_hat instead, which
+# overshoots by the factor 1 / cos(angle) of the direction error. Both are measured in the
+# gain chapter.
 #
-# Edge cases (documented, tested): a row of zeros has r = 0 and decodes to exact zeros.
-# A zero group inside a non-zero row has no direction: it is coded as the fixed point
-# y = (K, 0, ..., 0) with t = 0, i.e. the smallest gain level, so it decodes to
-# r * t_0 * e_1 (the nearest reconstruction this format can give), and quantize() warns
-# with the number of such groups (they cannot arise after a random rotation unless the
-# whole row is zero, but can in a pruned, unrotated matrix). NaN/Inf, a row norm
-# beyond fp16's range or in its subnormal range, and n not divisible by L are ValueErrors.
+# Edge cases (documented, tested): a row of zeros has r_hat = 0 and decodes to exact zeros
+# (with log norms it gets code 0; a matrix of zeros stores lo = hi = 0). A zero group inside
+# a non-zero row has no direction: it is coded as the fixed point y = (K, 0, ..., 0) with
+# t = 0, i.e. the smallest gain level, so it decodes to r_hat * t_0 * e_1 (the nearest
+# reconstruction this format can give), and quantize() warns with the number of such groups
+# (they cannot arise after a random rotation unless the whole row is zero, but can in a
+# pruned, unrotated matrix). NaN/Inf, a row norm the norm format cannot hold (outside fp16's
+# normal range, or fp32's for log norms) and n not divisible by L are ValueErrors.
 # ----------------------------------------------------------------------------------------
 
 GAIN_TARGETS = ("ls", "norm")
 FP16_MAX = 65504.0
 FP16_MIN_NORMAL = 2.0 ** -14
-ROW_NORM_BITS = 16
+FP32_MAX = float(np.finfo(np.float32).max)
+FP32_MIN_NORMAL = float(np.finfo(np.float32).tiny)
+FP16_NORMS = 16                  # norm_bits value meaning "fp16 row norms"
+DEFAULT_NORM_BITS = 5            # chosen by measurement (gain chapter, "Side information")
+FORMAT_VERSION = 2               # first byte of to_bytes(); version 1 had no header
+VERSION_BITS = 8
+NORM_RANGE_BITS = 64             # lo and hi, fp32 each (log norms only)
 
 
 def _pyramid():
@@ -290,12 +319,14 @@ def _pyramid():
 
 @dataclass(frozen=True)
 class PVQConfig:
-    """Format of a PVQ-quantized matrix: group size L, pulses K, gain bits and codebook."""
+    """Format of a PVQ-quantized matrix: group size L, pulses K, gain bits and codebook,
+    and the row-norm format (``norm_bits`` = 16: fp16; 2..15: log-grid codes)."""
     L: int
     K: int
     gain_bits: int
     gain_kind: str = "lloyd_max"
     gain_target: str = "ls"
+    norm_bits: int = DEFAULT_NORM_BITS
 
     def __post_init__(self):
         for name in ("L", "K"):
@@ -308,18 +339,43 @@ class PVQConfig:
         if self.gain_target not in GAIN_TARGETS:
             raise ValueError(f"gain_target must be one of {GAIN_TARGETS}, got "
                              f"{self.gain_target!r}")
+        _check_norm_bits(self.norm_bits)
 
     @property
     def index_bits(self) -> int:
         """Bits of one group's pyramid index, ceil(log2 N(L, K))."""
         return _pyramid().bits(self.L, self.K)
 
-    def bits_per_weight(self, n: int) -> float:
-        """(bits(L, K) + gain_bits) / L + 16 / n: everything stored, per weight."""
-        return (self.index_bits + self.gain_bits) / self.L + ROW_NORM_BITS / n
+    @property
+    def matrix_bits(self) -> int:
+        """Bits stored once per matrix: the version byte, and the norm range for log norms."""
+        return VERSION_BITS + (0 if self.norm_bits == FP16_NORMS else NORM_RANGE_BITS)
+
+    def bits_per_weight(self, shape) -> float:
+        """Everything stored, per weight, for a matrix of ``shape`` = (m, n):
+        (bits(L, K) + gain_bits) / L + norm_bits / n + matrix_bits / (m n)."""
+        m, n = _check_shape(shape)
+        return ((self.index_bits + self.gain_bits) / self.L + self.norm_bits / n
+                + self.matrix_bits / (m * n))
 
     def codebook(self, n: int) -> GainCodebook:
         return _cached_codebook(self.L, int(n), self.gain_bits, self.gain_kind)
+
+
+def _check_norm_bits(b) -> None:
+    if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or not 2 <= b <= 16:
+        raise ValueError(f"norm_bits must be 16 (fp16 row norms) or an integer in 2..15 "
+                         f"(log-grid codes), got {b!r}")
+
+
+def _check_shape(shape) -> tuple:
+    try:
+        m, n = (int(v) for v in shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"shape must be a pair (rows m, row length n), got {shape!r}") from None
+    if m < 1 or n < 1:
+        raise ValueError(f"shape must have m, n >= 1, got {shape!r}")
+    return m, n
 
 
 _CODEBOOKS: dict = {}
@@ -332,10 +388,16 @@ def _cached_codebook(L: int, n: int, bits: int, kind: str) -> GainCodebook:
     return _CODEBOOKS[key]
 
 
-def config_for_rate(L: int, n: int, bpw: float, gain_bits: int, **kw) -> PVQConfig | None:
-    """The config with the most pulses K whose bits per weight do not exceed ``bpw``:
-    index budget floor(L (bpw - 16/n)) - gain_bits bits. None if not even K = 1 fits."""
-    budget = math.floor(L * (bpw - ROW_NORM_BITS / n) + 1e-9) - gain_bits
+def config_for_rate(L: int, shape, bpw: float, gain_bits: int, **kw) -> PVQConfig | None:
+    """The config with the most pulses K whose bits per weight for a matrix of ``shape``
+    = (m, n) do not exceed ``bpw`` (nor for any matrix with more rows, since the per-matrix
+    bits only shrink): index budget floor(L (bpw - norm_bits/n - matrix_bits/(m n)))
+    - gain_bits bits. ``kw`` are further PVQConfig fields (norm_bits, gain_kind, ...).
+    None if not even K = 1 fits."""
+    m, n = _check_shape(shape)
+    side = PVQConfig(L, 1, gain_bits, **kw)
+    budget = math.floor(L * (bpw - side.norm_bits / n - side.matrix_bits / (m * n)) + 1e-9)
+    budget -= gain_bits
     if budget < 1:
         return None
     K = _pyramid().k_for_rate(L, budget / L)
@@ -370,21 +432,148 @@ def _check_matrix(W, L: int):
     return m, n
 
 
-def row_norms_fp16(W: np.ndarray) -> np.ndarray:
-    """fp16 row norms, with ValueError where fp16 cannot hold them with full precision."""
-    norms = np.sqrt(np.sum(np.asarray(W, dtype=np.float64) ** 2, axis=1))
-    big = norms > FP16_MAX
-    small = (norms > 0) & (norms < FP16_MIN_NORMAL)
+# ---- row norms: fp16 or log-grid codes, three tiers -------------------------------------
+#
+# The grid (levels and thresholds) is computed once, in numpy float64, from the stored
+# fp32 lo and hi; every tier encodes against the same thresholds and decodes with the same
+# levels, so the tiers agree bit for bit given the same float64 norms. There are only m
+# norms per matrix, so the fast CPU tier (backend "numba") is plain vectorised numpy.
+
+def norm_levels(lo: float, hi: float, bits: int) -> np.ndarray:
+    """Decoded row norm of every code 0..2^bits-1: 0 for code 0, then the 2^bits - 1
+    log-spaced levels lo .. hi (all equal to lo when lo == hi; all 0 when hi == 0)."""
+    _check_norm_bits(bits)
+    if bits == FP16_NORMS:
+        raise ValueError("norm_levels is for log-grid codes (norm_bits 2..15), not fp16")
+    lo, hi = float(lo), float(hi)
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0 <= lo <= hi and (lo > 0) == (hi > 0)):
+        raise ValueError(f"the norm range must satisfy 0 < lo <= hi < inf, or lo = hi = 0 for "
+                         f"a matrix of zeros; got lo={lo!r}, hi={hi!r} (corrupt data?)")
+    N = 2 ** bits - 1
+    levels = np.zeros(N + 1)
+    if hi > 0:
+        levels[1:] = lo * np.exp(np.arange(N) / (N - 1) * math.log(hi / lo))
+        levels[1], levels[-1] = lo, hi                    # the ends exactly
+    return levels
+
+
+def _norm_thresholds(levels: np.ndarray) -> np.ndarray:
+    """Geometric midpoints between consecutive non-zero levels (2^bits - 2 of them)."""
+    return np.sqrt(levels[1:-1] * levels[2:])
+
+
+def _norm_range(r_min: float, r_max: float) -> np.ndarray:
+    """fp32 (lo, hi) from the extreme non-zero norms; ValueError if fp32 cannot hold them."""
+    if r_max == 0:
+        return np.zeros(2, dtype=np.float32)
+    if r_min < FP32_MIN_NORMAL or r_max > FP32_MAX:
+        raise ValueError(f"row norms span [{r_min:.3g}, {r_max:.3g}], outside fp32's normal "
+                         f"range [{FP32_MIN_NORMAL:.3g}, {FP32_MAX:.3g}]: rescale the matrix")
+    return np.array([r_min, r_max], dtype=np.float32)
+
+
+def _fp16_norms(r: np.ndarray) -> np.ndarray:
+    big = r > FP16_MAX
+    small = (r > 0) & (r < FP16_MIN_NORMAL)
     if big.any() or small.any():
         i = int(np.flatnonzero(big | small)[0])
-        raise ValueError(f"row {i} has norm {norms[i]:.3g}, outside fp16's normal range "
-                         f"[{FP16_MIN_NORMAL:.3g}, {FP16_MAX:.0f}]: rescale the matrix first")
-    return norms.astype(np.float16)
+        raise ValueError(f"row {i} has norm {r[i]:.3g}, outside fp16's normal range "
+                         f"[{FP16_MIN_NORMAL:.3g}, {FP16_MAX:.0f}]: rescale the matrix first "
+                         f"(or use log-grid norms, norm_bits < 16)")
+    return r.astype(np.float16)
+
+
+def _norms_reference(r, bits: int):
+    """Plain loop: (stored, norm range, decoded) for float64 norms r (numpy)."""
+    if bits == FP16_NORMS:
+        stored = _fp16_norms(r)
+        return stored, np.zeros(0, dtype=np.float32), stored.astype(np.float64)
+    nonzero = [float(v) for v in r if v > 0]
+    rng_ = _norm_range(min(nonzero, default=0.0), max(nonzero, default=0.0))
+    levels = norm_levels(rng_[0], rng_[1], bits)
+    thresholds = _norm_thresholds(levels)
+    codes = np.zeros(len(r), dtype=np.uint16)
+    for i, v in enumerate(r):
+        if v > 0:                                 # code 1 + #{thresholds below r}
+            codes[i] = 1 + sum(1 for th in thresholds if v > th)
+    return codes, rng_, levels[codes]
+
+
+def _norms_numpy(r, bits: int):
+    """Vectorised numpy version of _norms_reference (the fast CPU tier: m values only)."""
+    if bits == FP16_NORMS:
+        stored = _fp16_norms(r)
+        return stored, np.zeros(0, dtype=np.float32), stored.astype(np.float64)
+    nz = r > 0
+    rng_ = _norm_range(float(r[nz].min()) if nz.any() else 0.0, float(r.max()))
+    levels = norm_levels(rng_[0], rng_[1], bits)
+    codes = np.where(nz, 1 + np.searchsorted(_norm_thresholds(levels), r, side="left"), 0)
+    codes = codes.astype(np.uint16)
+    return codes, rng_, levels[codes]
+
+
+def _norms_torch(r: torch.Tensor, bits: int):
+    """Torch version, on r's device: (stored tensor, norm range numpy, decoded float64)."""
+    if bits == FP16_NORMS:
+        bad = (r > FP16_MAX) | ((r > 0) & (r < FP16_MIN_NORMAL))
+        if bool(bad.any()):
+            _fp16_norms(r.cpu().numpy())                  # raises with the message
+        stored = r.to(torch.float16)
+        return stored, np.zeros(0, dtype=np.float32), stored.to(torch.float64)
+    nz = r > 0
+    r_min = float(r[nz].min()) if bool(nz.any()) else 0.0
+    rng_ = _norm_range(r_min, float(r.max()))
+    levels = norm_levels(rng_[0], rng_[1], bits)
+    th = torch.as_tensor(_norm_thresholds(levels), device=r.device)
+    levels = torch.as_tensor(levels, device=r.device)
+    codes = torch.where(nz, 1 + torch.searchsorted(th, r.contiguous(), right=False),
+                        torch.zeros_like(r, dtype=torch.int64))
+    return codes, rng_, levels[codes]
+
+
+def decode_row_norms(stored, norm_range, bits: int) -> np.ndarray:
+    """float64 row norms from what is stored: fp16 values, or codes and the (lo, hi) range."""
+    _check_norm_bits(bits)
+    stored = np.asarray(stored)
+    if bits == FP16_NORMS:
+        r = stored.astype(np.float64)
+        if not np.all(np.isfinite(r)) or np.any(r < 0):
+            raise ValueError("row norms must be finite and non-negative (corrupt data?)")
+        return r
+    if np.asarray(norm_range).shape != (2,):
+        raise ValueError(f"log-grid row norms need a norm range (lo, hi), got "
+                         f"{np.asarray(norm_range).shape}")
+    levels = norm_levels(norm_range[0], norm_range[1], bits)
+    if stored.size and int(stored.max()) >= levels.size:
+        raise ValueError(f"row-norm codes must lie in 0..{levels.size - 1}")
+    if stored.size and levels[-1] == 0 and stored.max() > 0:
+        raise ValueError("non-zero row-norm codes with an all-zero norm range (corrupt data?)")
+    return levels[stored.astype(np.int64)]
+
+
+def coded_row_norms(W, config: PVQConfig, backend: str = "numba") -> np.ndarray:
+    """The decoded row norms r_hat that :func:`quantize` uses for W (float64 numpy)."""
+    _check_backend(backend)
+    _check_matrix(W, config.L)
+    if backend == "torch":
+        Wt = W if isinstance(W, torch.Tensor) else torch.from_numpy(np.asarray(W))
+        r = torch.linalg.vector_norm(Wt.to(torch.float64), dim=1)
+        return _norms_torch(r, config.norm_bits)[2].cpu().numpy()
+    r = _row_norms_numpy(W)
+    return _NORM_TIERS[backend](r, config.norm_bits)[2]
+
+
+def _row_norms_numpy(W) -> np.ndarray:
+    Wn = W.detach().cpu().numpy() if isinstance(W, torch.Tensor) else W
+    return np.sqrt(np.sum(np.asarray(Wn, dtype=np.float64) ** 2, axis=1))
+
+
+_NORM_TIERS = {"reference": _norms_reference, "numba": _norms_numpy}
 
 
 # ---- directions and gain codes of many groups, three tiers ------------------------------
 #
-# Input: groups G (g, L), the fp16 row norm of each group's row rg (g,), K, thresholds.
+# Input: groups G (g, L), the coded row norm of each group's row rg (g,), K, thresholds.
 # Output: pyramid points Y (g, L) int64 and gain codes (g,) int64. All tiers compute
 #     t = <w_g, y> / ||y|| / r   ("ls")   or   ||w_g|| / r   ("norm"),   code = #{thresholds < t}
 # with sums left to right in float64, so reference and numba agree bit for bit; torch sums
@@ -519,18 +708,9 @@ _RECONSTRUCT_TIERS = {"reference": _reconstruct_reference, "numba": _reconstruct
 
 # ---- the quantizer ----------------------------------------------------------------------
 
-def _row_norms_torch(W: torch.Tensor) -> torch.Tensor:
-    norms = torch.linalg.vector_norm(W.to(torch.float64), dim=1)
-    bad = (norms > FP16_MAX) | ((norms > 0) & (norms < FP16_MIN_NORMAL))
-    if bool(bad.any()):
-        i = int(bad.nonzero()[0, 0])
-        raise ValueError(f"row {i} has norm {float(norms[i]):.3g}, outside fp16's normal range "
-                         f"[{FP16_MIN_NORMAL:.3g}, {FP16_MAX:.0f}]: rescale the matrix first")
-    return norms.to(torch.float16)
-
-
 def _encode_core(W, config: PVQConfig, backend: str):
-    """(Y, codes, r16) of every group of W, in W's framework (numpy or torch)."""
+    """(Y, codes, stored norms, norm range, decoded norms) of W, in W's framework (numpy
+    or torch; the norm range is always numpy)."""
     _check_backend(backend)
     m, n = _check_matrix(W, config.L)
     cb = config.codebook(n)
@@ -538,39 +718,40 @@ def _encode_core(W, config: PVQConfig, backend: str):
     _warn_zero_groups(W, config.L)
     if backend == "torch":
         Wt = W if isinstance(W, torch.Tensor) else torch.from_numpy(np.asarray(W))
-        r16 = _row_norms_torch(Wt)
+        r = torch.linalg.vector_norm(Wt.to(torch.float64), dim=1)
+        stored, rng_, r_hat = _norms_torch(r, config.norm_bits)
         G = Wt.to(torch.float64).reshape(-1, config.L)
-        rg = r16.to(torch.float64).repeat_interleave(n // config.L)
-        Y, codes = _groups_torch(G, rg, config.K, cb.thresholds, ls)
-        return Y, codes, r16
+        Y, codes = _groups_torch(G, r_hat.repeat_interleave(n // config.L), config.K,
+                                 cb.thresholds, ls)
+        return Y, codes, stored, rng_, r_hat
+    stored, rng_, r_hat = _NORM_TIERS[backend](_row_norms_numpy(W), config.norm_bits)
     Wn = W.detach().cpu().numpy() if isinstance(W, torch.Tensor) else W
-    r16 = row_norms_fp16(Wn)
     G = np.ascontiguousarray(Wn, dtype=np.float64).reshape(-1, config.L)
-    rg = np.repeat(r16.astype(np.float64), n // config.L)
+    rg = np.repeat(r_hat, n // config.L)
     Y, codes = _GROUP_TIERS[backend](G, rg, config.K, cb.thresholds, ls)
-    return Y, codes, r16
+    return Y, codes, stored, rng_, r_hat
 
 
-def _decode_core(Y, codes, r16, config: PVQConfig, shape, backend: str):
+def _decode_core(Y, codes, r_hat, config: PVQConfig, shape, backend: str):
     m, n = shape
     levels = config.codebook(n).levels
     if backend == "torch":
-        rg = r16.to(torch.float64).repeat_interleave(n // config.L)
+        rg = r_hat.to(torch.float64).repeat_interleave(n // config.L)
         return _reconstruct_torch(Y, codes, rg, levels).reshape(m, n)
-    rg = np.repeat(np.asarray(r16, dtype=np.float64), n // config.L)
+    rg = np.repeat(np.asarray(r_hat, dtype=np.float64), n // config.L)
     return _RECONSTRUCT_TIERS[backend](Y, codes, rg, levels).reshape(m, n)
 
 
 def normalised_gains(W, config: PVQConfig, backend: str = "numba") -> np.ndarray:
-    """The uncoded t of every group, shape (m, n/L): t = <w_g, y>/||y|| / r ("ls") or
-    ||w_g|| / r ("norm"), with r the fp16 row norm and y the pyramid point of the group
-    (the gain codes of :func:`quantize` are ``config.codebook(n).encode(t)``). For the
-    chapter's measurements; numpy in, float64 numpy out."""
+    """The uncoded t of every group, shape (m, n/L): t = <w_g, y>/||y|| / r_hat ("ls") or
+    ||w_g|| / r_hat ("norm"), with r_hat the coded row norm (:func:`coded_row_norms`) and y
+    the pyramid point of the group (the gain codes of :func:`quantize` are
+    ``config.codebook(n).encode(t)``). For the chapter's measurements; float64 numpy out."""
     m, n = _check_matrix(W, config.L)
-    wide = PVQConfig(config.L, config.K, 0, "quantile", config.gain_target)
-    Y, _, r16 = _encode_core(W, wide, backend)
+    wide = PVQConfig(config.L, config.K, 0, "quantile", config.gain_target, config.norm_bits)
+    Y, _, _, _, r_hat = _encode_core(W, wide, backend)
     if isinstance(Y, torch.Tensor):
-        Y, r16 = Y.cpu().numpy(), r16.cpu().numpy()
+        Y, r_hat = Y.cpu().numpy(), r_hat.cpu().numpy()
     Wn = W.detach().cpu().numpy() if isinstance(W, torch.Tensor) else W
     G = np.asarray(Wn, dtype=np.float64).reshape(m, -1, config.L)
     Yf = Y.reshape(G.shape).astype(np.float64)
@@ -578,7 +759,7 @@ def normalised_gains(W, config: PVQConfig, backend: str = "numba") -> np.ndarray
         g = np.sum(G * Yf, axis=2) / np.linalg.norm(Yf, axis=2)
     else:
         g = np.linalg.norm(G, axis=2)
-    r = r16.astype(np.float64)[:, None]
+    r = np.asarray(r_hat, dtype=np.float64)[:, None]
     return np.divide(g, r, out=np.zeros_like(g), where=r > 0)
 
 
@@ -594,8 +775,8 @@ def _like(out, W):
 def quantize_dequantize(W, config: PVQConfig, backend: str = "numba"):
     """W -> its PVQ reconstruction, without enumerating indices (decode(encode(y)) = y, so
     this equals ``dequantize(quantize(W))``). Same type, dtype and device as W."""
-    Y, codes, r16 = _encode_core(W, config, backend)
-    return _like(_decode_core(Y, codes, r16, config, tuple(W.shape), backend), W)
+    Y, codes, _, _, r_hat = _encode_core(W, config, backend)
+    return _like(_decode_core(Y, codes, r_hat, config, tuple(W.shape), backend), W)
 
 
 @dataclass(frozen=True)
@@ -604,23 +785,33 @@ class QuantizedMatrix:
 
     Groups are numbered row-major (group j of row i is number i * n/L + j).
     ``indices``: (groups, W) uint64 limbs of the pyramid indices (see pvqref.pyramid);
-    ``gain_codes``: (groups,) uint16; ``row_norms``: (m,) float16.
+    ``gain_codes``: (groups,) uint16; ``row_norms``: (m,) float16 values (norm_bits = 16)
+    or uint16 log-grid codes; ``norm_range``: (lo, hi) float32 for log-grid codes, empty
+    for fp16 norms.
     """
     shape: tuple
     config: PVQConfig
     row_norms: np.ndarray = field(repr=False)
     indices: np.ndarray = field(repr=False)
     gain_codes: np.ndarray = field(repr=False)
+    norm_range: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32),
+                                   repr=False)
 
     @property
     def n_groups(self) -> int:
         return self.shape[0] * self.shape[1] // self.config.L
 
+    def decoded_row_norms(self) -> np.ndarray:
+        """The row norms r_hat the decoder uses (float64)."""
+        return decode_row_norms(self.row_norms, self.norm_range, self.config.norm_bits)
+
     def bit_counts(self) -> dict:
-        """Bits stored, by kind: indices, gain codes, row norms (and their total)."""
-        c = {"indices": self.n_groups * self.config.index_bits,
+        """Bits stored, by kind: per matrix (version byte, norm range), indices, gain codes,
+        row norms (and their total)."""
+        c = {"matrix": self.config.matrix_bits,
+             "indices": self.n_groups * self.config.index_bits,
              "gain_codes": self.n_groups * self.config.gain_bits,
-             "row_norms": ROW_NORM_BITS * self.shape[0]}
+             "row_norms": self.config.norm_bits * self.shape[0]}
         c["total"] = sum(c.values())
         return c
 
@@ -628,15 +819,21 @@ class QuantizedMatrix:
         return self.bit_counts()["total"] / (self.shape[0] * self.shape[1])
 
     def to_bytes(self) -> bytes:
-        """One little-endian bit stream: all indices (bits(L, K) each), then all gain codes
-        (gain_bits each), then the fp16 row norms; zero-padded to a whole byte only at the
-        end, so len = ceil(bit_counts()['total'] / 8)."""
+        """One little-endian bit stream: the version byte, the norm range (two fp32, log
+        norms only), all indices (bits(L, K) each), all gain codes (gain_bits each), all row
+        norms (norm_bits each); zero-padded to a whole byte only at the end, so
+        len = ceil(bit_counts()['total'] / 8)."""
+        _check_quantized(self)
         cfg = self.config
         idx = np.unpackbits(np.frombuffer(_pyramid().pack_indices(self.indices, cfg.L, cfg.K),
                                           dtype=np.uint8), bitorder="little")
-        parts = [idx[:self.n_groups * cfg.index_bits],
+        norms = self.row_norms.view(np.uint16) if cfg.norm_bits == FP16_NORMS \
+            else self.row_norms
+        parts = [_uint_bits([FORMAT_VERSION], VERSION_BITS),
+                 _uint_bits(self.norm_range.astype(np.float32).view(np.uint32), 32),
+                 idx[:self.n_groups * cfg.index_bits],
                  _uint_bits(self.gain_codes, cfg.gain_bits),
-                 _uint_bits(self.row_norms.view(np.uint16), ROW_NORM_BITS)]
+                 _uint_bits(norms, cfg.norm_bits)]
         return np.packbits(np.concatenate(parts), bitorder="little").tobytes()
 
 
@@ -655,25 +852,38 @@ def _bits_uint(bits: np.ndarray, b: int) -> np.ndarray:
 
 
 def from_bytes(data: bytes, shape, config: PVQConfig) -> QuantizedMatrix:
-    """Inverse of :meth:`QuantizedMatrix.to_bytes` (the shape and config are the format)."""
-    m, n = (int(v) for v in shape)
-    if n % config.L or m < 1:
+    """Inverse of :meth:`QuantizedMatrix.to_bytes` (the shape and config are the format).
+    ValueError for a wrong length, another format version, non-zero padding or values the
+    format cannot hold (Inf/NaN norms, an inverted norm range, codes out of range)."""
+    m, n = _check_shape(shape)
+    if n % config.L:
         raise ValueError(f"shape {shape} does not fit group size L={config.L}")
     G = m * n // config.L
-    sizes = [G * config.index_bits, G * config.gain_bits, ROW_NORM_BITS * m]
-    if len(data) != -(-sum(sizes) // 8):
-        raise ValueError(f"shape {shape} with {config} needs {-(-sum(sizes) // 8)} bytes, "
+    log_norms = config.norm_bits != FP16_NORMS
+    sizes = [VERSION_BITS, NORM_RANGE_BITS if log_norms else 0, G * config.index_bits,
+             G * config.gain_bits, config.norm_bits * m]
+    total = sum(sizes)
+    if len(data) != -(-total // 8):
+        raise ValueError(f"shape {shape} with {config} needs {-(-total // 8)} bytes, "
                          f"got {len(data)}")
+    if data[0] != FORMAT_VERSION:
+        raise ValueError(f"format version {data[0]} is not supported (this reader reads "
+                         f"version {FORMAT_VERSION})")
     stream = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little")
-    if stream[sum(sizes):].any():
+    if stream[total:].any():
         raise ValueError("padding bits after the last row norm are not zero")
-    idx_bits, gain_bits, norm_bits = np.split(stream[:sum(sizes)], np.cumsum(sizes)[:2])
+    _, range_bits, idx_bits, gain_bits, norm_bits = np.split(stream[:total],
+                                                             np.cumsum(sizes)[:-1])
     idx = np.packbits(idx_bits, bitorder="little").tobytes()
     indices = _pyramid().unpack_indices(idx, G, config.L, config.K)
     codes = np.zeros(G, dtype=np.uint16) if config.gain_bits == 0 else \
         _bits_uint(gain_bits, config.gain_bits).astype(np.uint16)
-    norms = _bits_uint(norm_bits, ROW_NORM_BITS).astype(np.uint16).view(np.float16)
-    Q = QuantizedMatrix((m, n), config, norms, indices, codes)
+    norms = _bits_uint(norm_bits, config.norm_bits).astype(np.uint16)
+    if not log_norms:
+        norms = norms.view(np.float16)
+    norm_range = _bits_uint(range_bits, 32).astype(np.uint32).view(np.float32) if log_norms \
+        else np.zeros(0, dtype=np.float32)
+    Q = QuantizedMatrix((m, n), config, norms, indices, codes, norm_range)
     _check_quantized(Q)
     return Q
 
@@ -687,23 +897,29 @@ def _check_quantized(Q: QuantizedMatrix) -> None:
         raise ValueError(f"inconsistent QuantizedMatrix for shape {Q.shape}: row_norms "
                          f"{Q.row_norms.shape}, gain_codes {Q.gain_codes.shape}, indices "
                          f"{Q.indices.shape}")
-    norms = Q.row_norms.astype(np.float64)
-    if not np.all(np.isfinite(norms)) or np.any(norms < 0):
-        raise ValueError("row norms must be finite and non-negative (corrupt data?)")
+    fp16 = Q.config.norm_bits == FP16_NORMS
+    if (Q.row_norms.dtype != (np.float16 if fp16 else np.uint16)
+            or Q.norm_range.shape != ((0,) if fp16 else (2,))):
+        raise ValueError(f"norm_bits={Q.config.norm_bits} needs row_norms of dtype "
+                         f"{'float16' if fp16 else 'uint16'} and a norm range of shape "
+                         f"{'(0,)' if fp16 else '(2,)'}, got {Q.row_norms.dtype} and "
+                         f"{Q.norm_range.shape}")
+    Q.decoded_row_norms()                             # checks values, range and codes
     if G and int(Q.gain_codes.max()) >= 2 ** Q.config.gain_bits:
         raise ValueError(f"gain codes must lie in 0..{2 ** Q.config.gain_bits - 1}")
 
 
 def quantize(W, config: PVQConfig, backend: str = "numba") -> QuantizedMatrix:
     """Quantize every group of W (numpy array or torch tensor, shape (m, n)) with PVQ."""
-    Y, codes, r16 = _encode_core(W, config, backend)
+    Y, codes, stored, rng_, _ = _encode_core(W, config, backend)
     limbs = _pyramid().encode_batch(Y, config.K, backend=backend)
     if isinstance(limbs, torch.Tensor):
         limbs = limbs.cpu().numpy().view(np.uint64)
-        codes, r16 = codes.cpu().numpy(), r16.cpu().numpy()
-    return QuantizedMatrix(tuple(int(v) for v in W.shape), config, np.asarray(r16),
+        codes, stored = codes.cpu().numpy(), stored.cpu().numpy()
+    stored = stored if config.norm_bits == FP16_NORMS else stored.astype(np.uint16)
+    return QuantizedMatrix(tuple(int(v) for v in W.shape), config, np.asarray(stored),
                            np.ascontiguousarray(limbs, dtype=np.uint64),
-                           np.asarray(codes, dtype=np.uint16))
+                           np.asarray(codes, dtype=np.uint16), rng_)
 
 
 def _warn_zero_groups(W, L: int) -> None:
@@ -727,21 +943,22 @@ def dequantize(Q: QuantizedMatrix, backend: str = "numba", device=None):
     _check_backend(backend)
     _check_quantized(Q)
     cfg = Q.config
+    r_hat = Q.decoded_row_norms()
     if backend == "torch":
         dev = torch.device(device) if device is not None else torch.device("cpu")
         limbs = torch.from_numpy(Q.indices.view(np.int64).copy()).to(dev)
         Y = _pyramid().decode_batch(limbs, cfg.L, cfg.K, backend="torch")
         codes = torch.from_numpy(Q.gain_codes.astype(np.int64)).to(dev)
-        r16 = torch.from_numpy(Q.row_norms.copy()).to(dev)
-        return _decode_core(Y, codes, r16, cfg, Q.shape, "torch")
+        return _decode_core(Y, codes, torch.from_numpy(r_hat).to(dev), cfg, Q.shape, "torch")
     Y = _pyramid().decode_batch(Q.indices, cfg.L, cfg.K, backend=backend)
-    return _decode_core(Y, Q.gain_codes.astype(np.int64), Q.row_norms, cfg, Q.shape, backend)
+    return _decode_core(Y, Q.gain_codes.astype(np.int64), r_hat, cfg, Q.shape, backend)
 
 
 # ----------------------------------------------------------------------------------------
 # Choosing (L, K, gain bits) for a target rate R (bits per weight, fractional allowed).
 # For each group size L dividing n and each gain bit count b, the largest K with
-# (bits(L, K) + b) / L + 16/n <= R; then measure the relative MSE
+#     (bits(L, K) + b) / L + norm_bits / n + matrix_bits / (m n) <= R
+# (m = the fewest rows of the matrices the choice is for); then measure the relative MSE
 #     ||W - W_hat||_F^2 / ||W||_F^2
 # on a sample matrix and keep the best. The pyramid is cheap to evaluate, so we measure
 # rather than model.
@@ -764,28 +981,33 @@ def relative_mse(W, W_hat) -> float:
 
 
 def choose_config(W, target_bpw: float, group_sizes=DEFAULT_GROUP_SIZES,
-                  gain_bits=(1, 2, 3, 4), backend: str = "numba", **kw):
+                  gain_bits=(1, 2, 3, 4), backend: str = "numba", rows: int | None = None,
+                  **kw):
     """Best PVQConfig for ``target_bpw`` on the sample W, and the table of every candidate
-    (dicts with L, K, gain_bits, bpw, rel_mse), best first."""
+    (dicts with L, K, gain_bits, bpw, rel_mse), best first. ``rows``: the fewest rows of
+    the matrices the choice will be applied to (default: W's); the per-matrix bits are
+    counted for that many rows, so every such matrix stays within the target. ``kw``:
+    further PVQConfig fields (norm_bits, gain_kind, ...)."""
     if len(getattr(W, "shape", ())) != 2:
         raise ValueError(f"expected a 2-D sample matrix, got shape {getattr(W, 'shape', None)}")
-    n = int(W.shape[1])
-    rows = []
+    shape = (int(W.shape[0]) if rows is None else rows, int(W.shape[1]))
+    n = shape[1]
+    table = []
     for L in group_sizes:
         if n % L or L >= n:
             continue
         for b in gain_bits:
-            cfg = config_for_rate(L, n, target_bpw, b, **kw)
+            cfg = config_for_rate(L, shape, target_bpw, b, **kw)
             if cfg is None:
                 continue
             err = relative_mse(W, quantize_dequantize(W, cfg, backend))
-            rows.append({"L": L, "K": cfg.K, "gain_bits": b,
-                         "bpw": cfg.bits_per_weight(n), "rel_mse": err, "config": cfg})
-    if not rows:
+            table.append({"L": L, "K": cfg.K, "gain_bits": b,
+                          "bpw": cfg.bits_per_weight(shape), "rel_mse": err, "config": cfg})
+    if not table:
         raise ValueError(f"no configuration fits {target_bpw} bits per weight for rows of "
                          f"n={n} with group sizes {tuple(group_sizes)}")
-    rows.sort(key=lambda r: r["rel_mse"])
-    return rows[0]["config"], rows
+    table.sort(key=lambda r: r["rel_mse"])
+    return table[0]["config"], table
 
 
 # ----------------------------------------------------------------------------------------

@@ -156,18 +156,21 @@ def _quantize_all(W, cfg):
 @SETTINGS
 @given(st.integers(1, 6), st.sampled_from([(4, 16), (8, 32), (8, 48), (16, 64)]),
        st.integers(1, 40), st.integers(0, 4), st.sampled_from(gain.GAIN_KINDS),
-       st.sampled_from(gain.GAIN_TARGETS), st.integers(0, 2 ** 32 - 1))
-def test_tiers_agree(m, Ln, K, bits, kind, target, seed):
+       st.sampled_from(gain.GAIN_TARGETS), st.sampled_from([2, 5, 8, 16]),
+       st.integers(0, 2 ** 32 - 1))
+def test_tiers_agree(m, Ln, K, bits, kind, target, norm_bits, seed):
     L, n = Ln
     rng = np.random.default_rng(seed)
     W = _matrix(rng, m, n, zero_rows=[0] if m > 2 else [], zero_groups=[(m - 1, 0)], L=L)
-    cfg = gain.PVQConfig(L, K, bits, kind, target)
+    cfg = gain.PVQConfig(L, K, bits, kind, target, norm_bits)
     Qs = _quantize_all(W, cfg)
     ref = Qs["reference"]
     for be, Q in Qs.items():
         np.testing.assert_array_equal(Q.indices, ref.indices, err_msg=be)
         np.testing.assert_array_equal(Q.gain_codes, ref.gain_codes, err_msg=be)
         np.testing.assert_array_equal(Q.row_norms, ref.row_norms, err_msg=be)
+        np.testing.assert_array_equal(Q.norm_range, ref.norm_range, err_msg=be)
+        assert Q.row_norms.dtype == (np.float16 if norm_bits == 16 else np.uint16)
     outs = {be: np.asarray(gain.dequantize(ref, be)) for be in gain.BACKENDS}
     for be, out in outs.items():
         np.testing.assert_allclose(out, outs["reference"], rtol=1e-13, atol=1e-13, err_msg=be)
@@ -183,7 +186,9 @@ def test_tiers_agree_on_a_real_size_matrix():
     assert fast["numba"].dtype == np.float32
     np.testing.assert_allclose(fast["torch"].numpy(), fast["numba"], rtol=1e-6, atol=1e-7)
     Q = gain.quantize(W[:4], cfg, "reference")
-    np.testing.assert_allclose(gain.dequantize(Q, "reference"), fast["numba"][:4], rtol=1e-6)
+    # (log-grid norms depend on the whole matrix: compare the same 4 rows on both tiers)
+    np.testing.assert_allclose(gain.dequantize(Q, "reference"),
+                               gain.quantize_dequantize(W[:4], cfg, "numba"), rtol=1e-6)
 
 
 @pytest.mark.parametrize("backend", gain.BACKENDS)
@@ -210,7 +215,7 @@ def test_gain_code_is_nearest_level_to_ls_gain():
         U = Y / np.linalg.norm(Y, axis=1, keepdims=True)
         G = W.reshape(-1, 16)
         g = np.sum(G * U, axis=1) if target == "ls" else np.linalg.norm(G, axis=1)
-        t = g / np.repeat(Q.row_norms.astype(float), 4)
+        t = g / np.repeat(Q.decoded_row_norms(), 4)
         levels = cfg.codebook(64).levels
         np.testing.assert_array_equal(Q.gain_codes, np.argmin(np.abs(levels - t[:, None]), 1))
 
@@ -228,7 +233,7 @@ def test_normalised_gains_give_the_codes(target):
     W_hat = gain.dequantize(Q)
     unq = gain.quantize_dequantize(W, gain.PVQConfig(32, 30, 8, "lloyd_max", target))
     if target == "ls":
-        r2 = np.repeat(Q.row_norms.astype(float) ** 2, 3)
+        r2 = np.repeat(Q.decoded_row_norms() ** 2, 3)
         t_hat = cfg.codebook(96).decode(Q.gain_codes)
         Y = pyramid.search_batch(W.reshape(-1, 32), 30).astype(float)
         G = W.reshape(-1, 32)
@@ -249,47 +254,70 @@ def test_ls_gain_beats_norm_gain_without_gain_quantization_error():
     assert err["ls"] < err["norm"]
 
 
+@pytest.mark.parametrize("norm_bits", [16, 8, 3])
 @pytest.mark.parametrize("L,K,bits", [(8, 5, 0), (8, 16, 3), (32, 50, 2), (64, 109, 5)])
-def test_bits_accounted_equal_bits_packed(L, K, bits):
+def test_bits_accounted_equal_bits_packed(L, K, bits, norm_bits):
     rng = np.random.default_rng(L + K)
     m, n = 7, 192
     W = rng.standard_normal((m, n))
-    cfg = gain.PVQConfig(L, K, bits)
+    cfg = gain.PVQConfig(L, K, bits, norm_bits=norm_bits)
     Q = gain.quantize(W, cfg)
     groups = m * n // L
     counts = Q.bit_counts()
+    per_matrix = 8 if norm_bits == 16 else 8 + 64           # version byte (+ fp32 lo, hi)
+    assert counts["matrix"] == per_matrix
     assert counts["indices"] == groups * pyramid.bits(L, K)
-    assert counts["total"] == groups * (pyramid.bits(L, K) + bits) + 16 * m
-    assert Q.bits_per_weight() == pytest.approx(cfg.bits_per_weight(n), rel=1e-15)
-    assert cfg.bits_per_weight(n) == (pyramid.bits(L, K) + bits) / L + 16 / n
+    assert counts["row_norms"] == norm_bits * m
+    assert counts["total"] == groups * (pyramid.bits(L, K) + bits) + norm_bits * m + per_matrix
+    assert Q.bits_per_weight() == pytest.approx(cfg.bits_per_weight((m, n)), rel=1e-15)
+    assert cfg.bits_per_weight((m, n)) == pytest.approx(
+        (pyramid.bits(L, K) + bits) / L + norm_bits / n + per_matrix / (m * n), rel=1e-15)
     data = Q.to_bytes()
     assert len(data) == math.ceil(counts["total"] / 8)       # one stream, padded at the end only
+    assert data[0] == gain.FORMAT_VERSION
     R = gain.from_bytes(data, Q.shape, cfg)
     np.testing.assert_array_equal(R.indices, Q.indices)
     np.testing.assert_array_equal(R.gain_codes, Q.gain_codes)
     np.testing.assert_array_equal(R.row_norms.view(np.uint16), Q.row_norms.view(np.uint16))
+    np.testing.assert_array_equal(R.norm_range.view(np.uint32), Q.norm_range.view(np.uint32))
     np.testing.assert_array_equal(gain.dequantize(R), gain.dequantize(Q))
+    np.testing.assert_array_equal(gain.dequantize(R), gain.quantize_dequantize(W, cfg))
 
 
-def test_from_bytes_rejects_corrupt_data():
+@pytest.mark.parametrize("norm_bits", [16, 6])
+def test_from_bytes_rejects_corrupt_data(norm_bits):
     rng = np.random.default_rng(9)
-    cfg = gain.PVQConfig(8, 5, 3)                    # 3 groups * (14 + 3) bits + 16 = 67 bits
+    cfg = gain.PVQConfig(8, 5, 3, norm_bits=norm_bits)
     Q = gain.quantize(rng.standard_normal((1, 24)), cfg)
-    assert Q.bit_counts()["total"] == 67
+    # 3 groups * (14 + 3) bits + one row norm + the version byte (+ 64 bits of norm range)
+    total = {16: 51 + 16 + 8, 6: 51 + 6 + 72}[norm_bits]
+    assert Q.bit_counts()["total"] == total and total % 8            # some padding bits
     data = Q.to_bytes()
     with pytest.raises(ValueError, match="bytes"):
         gain.from_bytes(data[:-1], Q.shape, cfg)
     with pytest.raises(ValueError, match="bytes"):
         gain.from_bytes(data + b"\0", Q.shape, cfg)
     raw = bytearray(data)
-    raw[-1] |= 0x80                                  # set one of the 5 padding bits
+    raw[-1] |= 0x80                                  # set the last padding bit
     with pytest.raises(ValueError, match="padding"):
         gain.from_bytes(bytes(raw), Q.shape, cfg)
+    for version in (0, 1, 3, 255):                   # version 1 had no header byte
+        raw = bytearray(data)
+        raw[0] = version
+        with pytest.raises(ValueError, match="format version"):
+            gain.from_bytes(bytes(raw), Q.shape, cfg)
+    with pytest.raises(ValueError, match="bytes"):   # the other norm format has another size
+        gain.from_bytes(data, Q.shape, gain.PVQConfig(8, 5, 3, norm_bits=22 - norm_bits))
+
+
+def _with_range(Q, lo, hi):
+    return gain.QuantizedMatrix(Q.shape, Q.config, Q.row_norms, Q.indices, Q.gain_codes,
+                                np.array([lo, hi], dtype=np.float32))
 
 
 def test_corrupt_quantized_matrix_is_rejected():
     rng = np.random.default_rng(18)
-    cfg = gain.PVQConfig(8, 5, 2)
+    cfg = gain.PVQConfig(8, 5, 2, norm_bits=16)
     Q = gain.quantize(rng.standard_normal((2, 32)), cfg)
     bad_code = gain.QuantizedMatrix(Q.shape, cfg, Q.row_norms, Q.indices,
                                     np.full_like(Q.gain_codes, 4))
@@ -299,10 +327,147 @@ def test_corrupt_quantized_matrix_is_rejected():
                                     Q.indices, Q.gain_codes)
     with pytest.raises(ValueError, match="row norms"):
         gain.dequantize(bad_norm)
-    with pytest.raises(ValueError, match="row norms"):               # Inf norm in the bytes
-        gain.from_bytes(bad_norm.to_bytes(), Q.shape, cfg)
+    raw = bytearray(Q.to_bytes())                    # an Inf norm in the bytes
+    stream = np.unpackbits(np.frombuffer(bytes(raw), dtype=np.uint8), bitorder="little")
+    start = Q.bit_counts()["total"] - 16             # the last row norm's 16 bits
+    stream[start:start + 16] = np.unpackbits(
+        np.array([np.inf], dtype=np.float16).view(np.uint8), bitorder="little")
+    with pytest.raises(ValueError, match="row norms"):
+        gain.from_bytes(np.packbits(stream, bitorder="little").tobytes(), Q.shape, cfg)
     with pytest.raises(ValueError, match="inconsistent"):
         gain.dequantize(gain.QuantizedMatrix((3, 32), cfg, Q.row_norms, Q.indices, Q.gain_codes))
+    with pytest.raises(ValueError, match="norm_bits=16 needs"):     # codes where fp16 belongs
+        gain.dequantize(gain.QuantizedMatrix(Q.shape, cfg, Q.row_norms.view(np.uint16),
+                                             Q.indices, Q.gain_codes))
+
+
+def test_corrupt_log_norms_are_rejected():
+    rng = np.random.default_rng(19)
+    cfg = gain.PVQConfig(8, 5, 2, norm_bits=4)
+    Q = gain.quantize(rng.standard_normal((3, 32)), cfg)
+    gain.dequantize(Q)                                               # the good one decodes
+    for lo, hi in ((2.0, 1.0), (np.nan, 1.0), (0.5, np.inf), (-1.0, 1.0), (0.0, 1.0)):
+        with pytest.raises(ValueError, match="norm range"):
+            gain.dequantize(_with_range(Q, lo, hi))
+        with pytest.raises(ValueError, match="norm range"):          # and through the bytes
+            gain.from_bytes(_raw_bytes_with_range(Q, lo, hi), Q.shape, cfg)
+        with pytest.raises(ValueError, match="norm range"):          # not written either
+            _with_range(Q, lo, hi).to_bytes()
+    with pytest.raises(ValueError, match="non-zero row-norm codes"):  # zeros range, codes > 0
+        gain.dequantize(_with_range(Q, 0.0, 0.0))
+    with pytest.raises(ValueError, match="norm_bits=4 needs"):
+        gain.dequantize(gain.QuantizedMatrix(Q.shape, cfg, Q.row_norms, Q.indices, Q.gain_codes))
+    with pytest.raises(ValueError, match="row-norm codes"):
+        gain.decode_row_norms(np.array([16], dtype=np.uint16), Q.norm_range, 4)
+    with pytest.raises(ValueError, match="norm range"):
+        gain.decode_row_norms(Q.row_norms, np.zeros(3, dtype=np.float32), 4)
+
+
+def _raw_bytes_with_range(Q, lo, hi):
+    """Q's bytes with the fp32 norm range (bits 8..71 of the stream) overwritten."""
+    stream = np.unpackbits(np.frombuffer(Q.to_bytes(), dtype=np.uint8), bitorder="little")
+    stream[8:72] = np.unpackbits(np.array([lo, hi], dtype=np.float32).view(np.uint8),
+                                 bitorder="little")
+    return np.packbits(stream, bitorder="little").tobytes()
+
+
+# ------------------------------------------------------------------- the row-norm codes
+
+def test_norm_levels_are_a_monotone_log_grid():
+    for bits in (2, 3, 6, 12):
+        lv = gain.norm_levels(0.5, 4.0, bits)
+        assert lv.size == 2 ** bits and lv[0] == 0
+        assert lv[1] == np.float64(0.5) and lv[-1] == 4.0                 # the ends exactly
+        assert np.all(np.diff(lv) > 0)
+        np.testing.assert_allclose(np.diff(np.log(lv[1:])), math.log(8) / (2 ** bits - 2),
+                                   rtol=1e-9)                             # equal log steps
+    np.testing.assert_array_equal(gain.norm_levels(2.0, 2.0, 4)[1:], 2.0)  # all norms equal
+    np.testing.assert_array_equal(gain.norm_levels(0.0, 0.0, 4), 0.0)     # all rows zero
+    for bad in (1, 17, 2.0, True):
+        with pytest.raises(ValueError, match="norm_bits"):
+            gain.norm_levels(0.5, 4.0, bad)
+    with pytest.raises(ValueError, match="fp16"):
+        gain.norm_levels(0.5, 4.0, 16)
+
+
+@SETTINGS
+@given(st.integers(1, 40), st.integers(2, 12), st.floats(-3, 3), st.floats(0, 3),
+       st.integers(0, 2 ** 32 - 1))
+def test_norm_codes_round_trip_within_the_log_bound(m, bits, log_scale, log_spread, seed):
+    rng = np.random.default_rng(seed)
+    r = np.exp(log_scale + log_spread * rng.random(m))
+    r[rng.random(m) < 0.2] = 0.0                                     # some zero rows
+    out = {be: gain._NORM_TIERS[be](r, bits) for be in ("reference", "numba")}
+    t = gain._norms_torch(torch.from_numpy(r), bits)
+    out["torch"] = (t[0].numpy().astype(np.uint16), t[1], t[2].numpy())
+    codes, rng_, r_hat = out["reference"]
+    for be, (c, g, h) in out.items():                                # the tiers agree exactly
+        np.testing.assert_array_equal(c, codes, err_msg=be)
+        np.testing.assert_array_equal(g, rng_, err_msg=be)
+        np.testing.assert_array_equal(h, r_hat, err_msg=be)
+    np.testing.assert_array_equal(gain.decode_row_norms(codes, rng_, bits), r_hat)
+    assert np.all((codes == 0) == (r == 0)) and np.all(r_hat[r == 0] == 0)
+    nz = r > 0
+    if nz.any():
+        lo, hi = float(rng_[0]), float(rng_[1])
+        assert lo == np.float32(r[nz].min()) and hi == np.float32(r[nz].max())
+        half_step = math.log(hi / lo) / (2 * (2 ** bits - 2))
+        fp32 = 2 * 2.0 ** -24                                        # lo, hi rounded to fp32
+        assert np.all(np.abs(np.log(r_hat[nz] / r[nz])) <= half_step + fp32)
+        levels = gain.norm_levels(lo, hi, bits)                      # and it is the nearest
+        dist = np.abs(np.log(levels[1:][None, :] / r[nz][:, None]))  # level in log distance
+        np.testing.assert_allclose(np.abs(np.log(r_hat[nz] / r[nz])), dist.min(axis=1),
+                                   atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", gain.BACKENDS)
+def test_all_equal_norms_and_all_zero_matrix(backend):
+    W = np.zeros((4, 32))
+    W[:, 3] = [2.0, -2.0, 0.0, 2.0]                                  # equal norms, a zero row
+    cfg = gain.PVQConfig(8, 6, 2, norm_bits=5)
+    X = torch.from_numpy(W) if backend == "torch" else W
+    with pytest.warns(UserWarning, match="all-zero group"):
+        Q = gain.quantize(X, cfg, backend)
+    assert Q.norm_range.tolist() == [2.0, 2.0]
+    np.testing.assert_array_equal(Q.decoded_row_norms(), [2.0, 2.0, 0.0, 2.0])
+    R = gain.from_bytes(Q.to_bytes(), Q.shape, cfg)
+    np.testing.assert_array_equal(np.asarray(gain.dequantize(R, backend)),
+                                  np.asarray(gain.dequantize(Q, backend)))
+    assert np.all(np.asarray(gain.dequantize(Q, backend))[2] == 0)
+    Z = np.zeros((3, 32))                                            # a matrix of zeros
+    Q = gain.quantize(torch.from_numpy(Z) if backend == "torch" else Z, cfg, backend)
+    assert Q.norm_range.tolist() == [0.0, 0.0] and not Q.row_norms.any()
+    R = gain.from_bytes(Q.to_bytes(), Q.shape, cfg)
+    assert np.all(np.asarray(gain.dequantize(R, backend)) == 0)
+
+
+def test_log_norms_reach_beyond_fp16_and_fp32_limits_are_errors():
+    W = np.random.default_rng(22).standard_normal((6, 32))
+    cfg = gain.PVQConfig(8, 6, 2, norm_bits=8)
+    small = gain.relative_mse(W, gain.quantize_dequantize(W, cfg))
+    big = 4e4 * W                                    # row norms ~2e5: beyond fp16, fine here
+    assert gain.relative_mse(big, gain.quantize_dequantize(big, cfg)) == pytest.approx(small,
+                                                                                       rel=1e-4)
+    for value in (1e38, 1e-40):                      # row norms 5.7e38 and 5.7e-40
+        for backend in gain.BACKENDS:
+            X = np.full((2, 32), value)
+            with pytest.raises(ValueError, match="fp32"):
+                gain.quantize(torch.from_numpy(X) if backend == "torch" else X, cfg, backend)
+
+
+def test_coarse_norms_are_absorbed_by_the_gain_codes():
+    # The gain code is taken after r_hat is fixed (t = g / r_hat), so an r_hat off by a few
+    # per cent costs far less than the squared norm error would: check on Gaussian rows.
+    W = np.random.default_rng(20).standard_normal((64, 576)) \
+        * np.exp(np.random.default_rng(21).uniform(0, 1.5, (64, 1)))
+    fine = gain.relative_mse(W, gain.quantize_dequantize(W, gain.PVQConfig(144, 240, 3,
+                                                                            norm_bits=16)))
+    coarse_cfg = gain.PVQConfig(144, 240, 3, norm_bits=4)
+    r = np.linalg.norm(W, axis=1)
+    norm_err = np.mean((gain.coded_row_norms(W, coarse_cfg) / r - 1) ** 2)
+    coarse = gain.relative_mse(W, gain.quantize_dequantize(W, coarse_cfg))
+    assert norm_err > 1e-4                                           # the norms are coarse,
+    assert coarse - fine < 0.5 * norm_err                            # the damage is not
 
 
 # ------------------------------------------------------------------ edge cases, errors
@@ -316,7 +481,7 @@ def test_zero_rows_decode_exactly_and_zero_groups_are_documented(backend):
         Q = gain.quantize(torch.from_numpy(W) if backend == "torch" else W, cfg, backend)
     out = np.asarray(gain.dequantize(Q, backend))
     assert np.all(out[0] == 0.0)                                     # zero row: exact zeros
-    r, t0 = float(Q.row_norms[2]), cfg.codebook(32).levels[0]
+    r, t0 = Q.decoded_row_norms()[2], cfg.codebook(32).levels[0]
     np.testing.assert_allclose(out[2, 8:16], [r * t0] + [0.0] * 7)  # zero group: r t_0 e_1
     assert Q.gain_codes[2 * 4 + 1] == 0
 
@@ -358,16 +523,21 @@ def test_shape_and_type_errors():
         gain.quantize(torch.ones((3, 32), dtype=torch.int64), cfg, "torch")
     with pytest.raises(ValueError, match="backend"):
         gain.quantize(rng.standard_normal((3, 32)), cfg, "cuda")
-    with pytest.raises(ValueError, match="fp16"):
-        gain.quantize(np.full((2, 32), 2e4), cfg)
-    with pytest.raises(ValueError, match="fp16"):
-        gain.quantize(np.full((2, 32), 1e-7), cfg)
+    fp16 = gain.PVQConfig(8, 6, 2, norm_bits=16)
+    for backend in gain.BACKENDS:
+        for value in (2e4, 1e-7):
+            X = np.full((2, 32), value)
+            with pytest.raises(ValueError, match="fp16"):
+                gain.quantize(torch.from_numpy(X) if backend == "torch" else X, fp16, backend)
 
 
 @pytest.mark.parametrize("kwargs", [dict(L=0, K=3, gain_bits=2), dict(L=8, K=0, gain_bits=2),
                                     dict(L=8, K=3, gain_bits=9), dict(L=8, K=3, gain_bits=-1),
                                     dict(L=8, K=3, gain_bits=2, gain_kind="median"),
-                                    dict(L=8, K=3, gain_bits=2, gain_target="rms")])
+                                    dict(L=8, K=3, gain_bits=2, gain_target="rms"),
+                                    dict(L=8, K=3, gain_bits=2, norm_bits=1),
+                                    dict(L=8, K=3, gain_bits=2, norm_bits=17),
+                                    dict(L=8, K=3, gain_bits=2, norm_bits=8.0)])
 def test_bad_config(kwargs):
     with pytest.raises(ValueError):
         gain.PVQConfig(**kwargs)
@@ -375,13 +545,26 @@ def test_bad_config(kwargs):
 
 # --------------------------------------------------------------------- rate and choice
 
+@pytest.mark.parametrize("norm_bits", [16, 6])
 @pytest.mark.parametrize("bpw", [2.25, 3.25, 4.25, 3.0])
-@pytest.mark.parametrize("L,n,b", [(32, 576, 2), (64, 1536, 3), (144, 576, 4)])
-def test_config_for_rate_is_the_largest_fitting_K(bpw, L, n, b):
-    cfg = gain.config_for_rate(L, n, bpw, b)
-    assert cfg.bits_per_weight(n) <= bpw
-    bigger = gain.PVQConfig(L, cfg.K + 1, b)
-    assert bigger.bits_per_weight(n) > bpw
+@pytest.mark.parametrize("L,m,n,b", [(32, 192, 576, 2), (64, 576, 1536, 3), (144, 5, 576, 4)])
+def test_config_for_rate_is_the_largest_fitting_K(bpw, L, m, n, b, norm_bits):
+    cfg = gain.config_for_rate(L, (m, n), bpw, b, norm_bits=norm_bits)
+    assert cfg.norm_bits == norm_bits
+    assert cfg.bits_per_weight((m, n)) <= bpw
+    assert cfg.bits_per_weight((10 * m, n)) <= bpw                 # more rows: fewer bits
+    bigger = gain.PVQConfig(L, cfg.K + 1, b, norm_bits=norm_bits)
+    assert bigger.bits_per_weight((m, n)) > bpw
+
+
+def test_fewer_norm_bits_free_bits_for_pulses():
+    fp16 = gain.config_for_rate(288, (576, 576), 3.25, 2, norm_bits=16)
+    log6 = gain.config_for_rate(288, (576, 576), 3.25, 2, norm_bits=6)
+    assert log6.K > fp16.K and log6.index_bits > fp16.index_bits
+    with pytest.raises(ValueError, match="shape"):
+        gain.config_for_rate(288, 576, 3.25, 2)
+    with pytest.raises(ValueError, match="shape"):
+        fp16.bits_per_weight(576)
 
 
 def test_choose_config_picks_the_measured_best_within_budget():
@@ -390,10 +573,16 @@ def test_choose_config_picks_the_measured_best_within_budget():
     assert len(table) == 8
     assert table[0]["config"] == best
     assert all(r["bpw"] <= 3.25 for r in table)
+    assert all(r["bpw"] == r["config"].bits_per_weight(W.shape) for r in table)
     assert [r["rel_mse"] for r in table] == sorted(r["rel_mse"] for r in table)
     assert table[0]["rel_mse"] == gain.relative_mse(W, gain.quantize_dequantize(W, best))
     with pytest.raises(ValueError, match="no configuration"):
         gain.choose_config(W, 0.05, group_sizes=(16,))
+    # the per-matrix bits are counted for `rows` rows; norm_bits reaches the configs
+    _, few = gain.choose_config(W, 3.25, group_sizes=(96,), gain_bits=(1,), rows=1,
+                                norm_bits=16)
+    assert few[0]["config"].norm_bits == 16
+    assert few[0]["bpw"] == few[0]["config"].bits_per_weight((1, 192)) <= 3.25
 
 
 # ------------------------------------------------------------------------- baselines
@@ -415,9 +604,9 @@ def test_gaussian_controls():
     W = np.random.default_rng(16).standard_normal((256, 576))
     rtn = gain.relative_mse(W, gain.rtn_quantize_dequantize(W, 3, 128))
     assert 3.8 < rtn / gain.gaussian_bound(gain.rtn_bits_per_weight(3)) < 4.6
-    cfg = gain.config_for_rate(144, 576, 3.25, 2)
+    cfg = gain.config_for_rate(144, W.shape, 3.25, 2)
     pvq = gain.relative_mse(W, gain.quantize_dequantize(W, cfg))
-    assert 1.5 < pvq / gain.gaussian_bound(cfg.bits_per_weight(576)) < 1.75
+    assert 1.5 < pvq / gain.gaussian_bound(cfg.bits_per_weight(W.shape)) < 1.75
     assert rtn / pvq > 2.3
     with pytest.raises(ValueError, match="groups of 128"):
         gain.rtn_quantize_dequantize(np.ones((3, 5)), 3)
