@@ -27,6 +27,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import tempfile
 import warnings
 import xml.etree.ElementTree as ET
@@ -44,7 +45,7 @@ MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TEXT_PACKAGE = "gensim"
 TEXT_PIP = "gensim==4.4.0"
 TEXT_FILE = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
-CACHE_VERSION = 1
+CACHE_VERSION = 2             # 2: config.json without the GGUF quantization_config
 
 
 class AssetMissingError(FileNotFoundError):
@@ -250,8 +251,11 @@ def _atomic_write_bytes(path: Path, payload: bytes) -> None:
         raise
 
 
+_CACHE_PREFIX = "smollm2-135m-instruct-fp32-"
+
+
 def _model_cache() -> Path:
-    return cache_dir() / f"smollm2-135m-instruct-fp32-v{CACHE_VERSION}"
+    return cache_dir() / f"{_CACHE_PREFIX}v{CACHE_VERSION}"
 
 
 def _cache_is_valid(folder: Path) -> bool:
@@ -263,7 +267,8 @@ def _cache_is_valid(folder: Path) -> bool:
         weights = folder / "model.safetensors"
         return (meta.get("version") == CACHE_VERSION and meta.get("gguf") == MODEL_FILE
                 and weights.is_file() and weights.stat().st_size == meta["size"]
-                and _sha256(weights) == meta["sha256"])
+                and _sha256(weights) == meta["sha256"]
+                and _sha256(folder / "config.json") == meta["config_sha256"])
     except (ValueError, KeyError, OSError):
         return False
 
@@ -285,12 +290,19 @@ def _build_cache(folder: Path) -> None:
     os.close(fd)
     save_file(state, tmp, metadata={"format": "pt", "source": MODEL_FILE})
     os.replace(tmp, folder / "model.safetensors")
-    _atomic_write_bytes(folder / "config.json", model.config.to_json_string().encode())
+    # The cache is a plain fp32 checkpoint: drop the GGUF quantization_config, or
+    # transformers would flag the reloaded model as quantized (and refuse .float(), ...).
+    config = json.loads(model.config.to_json_string())
+    config.pop("quantization_config", None)
+    _atomic_write_bytes(folder / "config.json", json.dumps(config, indent=2).encode())
     tokenizer.save_pretrained(folder / "tokenizer")
     weights = folder / "model.safetensors"
     manifest = {"version": CACHE_VERSION, "gguf": MODEL_FILE, "size": weights.stat().st_size,
-                "sha256": _sha256(weights)}
+                "sha256": _sha256(weights), "config_sha256": _sha256(folder / "config.json")}
     _atomic_write_bytes(folder / "manifest.json", json.dumps(manifest, indent=1).encode())
+    for old in folder.parent.glob(f"{_CACHE_PREFIX}v*"):      # caches of older versions
+        if old != folder and old.is_dir() and old.name[len(_CACHE_PREFIX) + 1:].isdigit():
+            shutil.rmtree(old, ignore_errors=True)
 
 
 _VERIFIED: set[Path] = set()   # cache folders whose checksum this process has verified

@@ -107,6 +107,37 @@ def test_corrupt_cache_is_detected(tmp_path):
     assert not data._cache_is_valid(fake)
 
 
+def test_tampered_cache_config_is_detected(tmp_path):
+    """The manifest covers config.json too: an edited config invalidates the cache."""
+    import shutil
+    folder = data.ensure_model_cache()
+    copy = tmp_path / "cache"
+    copy.mkdir()
+    for name in ("manifest.json", "config.json"):
+        shutil.copy(folder / name, copy / name)
+    (copy / "model.safetensors").symlink_to(folder / "model.safetensors")
+    assert data._cache_is_valid(copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["num_hidden_layers"] = 29
+    (copy / "config.json").write_text(json.dumps(config))
+    assert not data._cache_is_valid(copy)
+    (copy / "config.json").unlink()
+    assert not data._cache_is_valid(copy)
+
+
+def test_cached_model_is_plain_fp32_not_flagged_quantized():
+    """The cache drops the GGUF's quantization_config: the model converts like any other."""
+    import torch
+    model, _ = data.load_model()
+    assert getattr(model.config, "quantization_config", None) is None
+    assert not getattr(model, "is_quantized", False)
+    w = model.model.layers[0].mlp.down_proj.weight.detach().clone()
+    model.double()
+    assert model.model.layers[0].mlp.down_proj.weight.dtype == torch.float64
+    model.float()                                   # refused for a "quantized" model
+    assert torch.equal(model.model.layers[0].mlp.down_proj.weight, w)
+
+
 def test_model_generates_sensible_logits():
     import torch
     model, tokenizer = data.load_model()
