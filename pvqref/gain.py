@@ -29,9 +29,13 @@ gain, the Lloyd-Max alternative) is our reconstruction; the gain chapter measure
 
 from __future__ import annotations
 
+import json
 import math
+import operator
 import warnings
+import zlib
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import numpy as np
 import torch
@@ -51,7 +55,8 @@ from scipy import special, stats
 # With L = 1 and n = L this is the law of one squared coordinate of a unit vector in R^L:
 #     v_i^2 ~ Beta(1/2, (L-1)/2).
 # A group's gain is ||w_g|| = ||w|| * sqrt(S): we store the row norm once per row (coded,
-# see the complete quantizer below) and code the normalised gain  T = sqrt(S)  with b bits. Its law follows from S's:
+# see the complete quantizer below) and code the normalised gain  T = sqrt(S)  with b bits.
+# Its law follows from S's:
 #     F_T(t) = I_{t^2}(L/2, (n-L)/2)   (I = regularised incomplete beta function),
 #     density f_T(t) = 2 t f_S(t^2)  proportional to  t^{L-1} (1 - t^2)^{(n-L)/2 - 1},
 # which is log-concave for L >= 1, n - L >= 2 (sum of (L-1) log t and a concave term).
@@ -260,13 +265,19 @@ def gain_codebook(L: int, n: int, bits: int, kind: str = "lloyd_max") -> GainCod
 # consecutive weights of a row, L dividing n, L < n). What is stored:
 #     per matrix  a format-version byte                              8 bits
 #                 the norm range lo, hi as fp32 (log norms only)      64 bits
+#                 a CRC-32 checksum (see below)                       32 bits
 #     per row     the coded row norm r_hat (see below)               norm_bits
 #     per group   the pyramid index of y = search(w_g, K)           bits(L, K) = ceil(log2 N(L, K))
 #                 the gain code c (nearest level to t)              gain_bits
 # and the decoder returns  w_g ~ r_hat * t_c * y / ||y||.  Exactly, nothing else stored:
 #     bits per weight = (bits(L, K) + gain_bits) / L + norm_bits / n + matrix_bits / (m n)
-# with matrix_bits = 8 (fp16 norms) or 72 (log norms). L, K, the bit counts, the codebook
-# kind and the shape are the format (known to the reader, like a file's schema), not data.
+# with matrix_bits = 40 (fp16 norms) or 104 (log norms). L, K, the bit counts, the codebook
+# kind and the shape are the format (known to the reader, like a file's schema), not data:
+# a model file stores them once per configuration (the chooser picks one per row length),
+# and the architecture gives the shapes. So that a reader with the wrong schema cannot
+# decode garbage silently, the checksum is the CRC-32 of the schema (config and shape, as
+# text) followed by the rest of the stream: corrupt bytes, another config or another
+# shape all fail the check.
 #
 # Row norms (the side information; PVQConfig.norm_bits):
 #   norm_bits = 16   r_hat = fp16(r): 16 bits per row, relative error <= 2^-11.
@@ -309,6 +320,7 @@ FP16_NORMS = 16                  # norm_bits value meaning "fp16 row norms"
 DEFAULT_NORM_BITS = 5            # chosen by measurement (gain chapter, "Side information")
 FORMAT_VERSION = 2               # first byte of to_bytes(); version 1 had no header
 VERSION_BITS = 8
+CHECKSUM_BITS = 32               # CRC-32 of the schema and the stream, the last 4 bytes
 NORM_RANGE_BITS = 64             # lo and hi, fp32 each (log norms only)
 
 
@@ -348,15 +360,25 @@ class PVQConfig:
 
     @property
     def matrix_bits(self) -> int:
-        """Bits stored once per matrix: the version byte, and the norm range for log norms."""
-        return VERSION_BITS + (0 if self.norm_bits == FP16_NORMS else NORM_RANGE_BITS)
+        """Bits stored once per matrix: the version byte, the checksum, and the norm range
+        for log norms."""
+        return (VERSION_BITS + CHECKSUM_BITS
+                + (0 if self.norm_bits == FP16_NORMS else NORM_RANGE_BITS))
+
+    def bits(self, shape) -> int:
+        """Every bit stored for a matrix of ``shape`` = (m, n), L dividing n."""
+        m, n = _check_shape(shape)
+        if n % self.L:
+            raise ValueError(f"row length n={n} is not divisible by the group size L={self.L}")
+        return (m * n // self.L * (self.index_bits + self.gain_bits) + m * self.norm_bits
+                + self.matrix_bits)
 
     def bits_per_weight(self, shape) -> float:
         """Everything stored, per weight, for a matrix of ``shape`` = (m, n):
-        (bits(L, K) + gain_bits) / L + norm_bits / n + matrix_bits / (m n)."""
+        (bits(L, K) + gain_bits) / L + norm_bits / n + matrix_bits / (m n), computed as one
+        division of integers (so an exact fit to a budget compares as exact)."""
         m, n = _check_shape(shape)
-        return ((self.index_bits + self.gain_bits) / self.L + self.norm_bits / n
-                + self.matrix_bits / (m * n))
+        return self.bits((m, n)) / (m * n)
 
     def codebook(self, n: int) -> GainCodebook:
         return _cached_codebook(self.L, int(n), self.gain_bits, self.gain_kind)
@@ -370,7 +392,7 @@ def _check_norm_bits(b) -> None:
 
 def _check_shape(shape) -> tuple:
     try:
-        m, n = (int(v) for v in shape)
+        m, n = (operator.index(v) for v in shape)         # integers only: 4.7 is an error
     except (TypeError, ValueError):
         raise ValueError(f"shape must be a pair (rows m, row length n), got {shape!r}") from None
     if m < 1 or n < 1:
@@ -396,8 +418,15 @@ def config_for_rate(L: int, shape, bpw: float, gain_bits: int, **kw) -> PVQConfi
     None if not even K = 1 fits."""
     m, n = _check_shape(shape)
     side = PVQConfig(L, 1, gain_bits, **kw)
-    budget = math.floor(L * (bpw - side.norm_bits / n - side.matrix_bits / (m * n)) + 1e-9)
-    budget -= gain_bits
+    if n % L or L >= n:
+        raise ValueError(f"group size L={L} must divide the row length n={n} and be smaller")
+    if isinstance(bpw, bool) or not isinstance(bpw, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(bpw) or bpw <= 0:
+        raise ValueError(f"bpw must be a positive finite number, got {bpw!r}")
+    # Exact rational arithmetic: (bits(L,K) + gain_bits) * mn/L + m norm_bits + matrix_bits
+    # <= bpw * m n  <=>  bits(L,K) <= L (bpw - norm_bits/n - matrix_bits/(mn)) - gain_bits.
+    budget = math.floor(L * (Fraction(bpw) - Fraction(side.norm_bits, n)
+                             - Fraction(side.matrix_bits, m * n))) - gain_bits
     if budget < 1:
         return None
     K = _pyramid().k_for_rate(L, budget / L)
@@ -556,16 +585,24 @@ def coded_row_norms(W, config: PVQConfig, backend: str = "numba") -> np.ndarray:
     _check_backend(backend)
     _check_matrix(W, config.L)
     if backend == "torch":
-        Wt = W if isinstance(W, torch.Tensor) else torch.from_numpy(np.asarray(W))
+        Wt = W.detach() if isinstance(W, torch.Tensor) else torch.from_numpy(np.asarray(W))
         r = torch.linalg.vector_norm(Wt.to(torch.float64), dim=1)
         return _norms_torch(r, config.norm_bits)[2].cpu().numpy()
     r = _row_norms_numpy(W)
     return _NORM_TIERS[backend](r, config.norm_bits)[2]
 
 
+def _as_numpy(W) -> np.ndarray:
+    """A numpy view or copy of W (a torch tensor of any float dtype, bf16 included, on any
+    device, with or without grad; or anything numpy takes)."""
+    if isinstance(W, torch.Tensor):
+        W = W.detach().cpu()
+        return (W.to(torch.float32) if W.dtype == torch.bfloat16 else W).numpy()
+    return np.asarray(W)
+
+
 def _row_norms_numpy(W) -> np.ndarray:
-    Wn = W.detach().cpu().numpy() if isinstance(W, torch.Tensor) else W
-    return np.sqrt(np.sum(np.asarray(Wn, dtype=np.float64) ** 2, axis=1))
+    return np.sqrt(np.sum(_as_numpy(W).astype(np.float64) ** 2, axis=1))
 
 
 _NORM_TIERS = {"reference": _norms_reference, "numba": _norms_numpy}
@@ -717,7 +754,7 @@ def _encode_core(W, config: PVQConfig, backend: str):
     ls = config.gain_target == "ls"
     _warn_zero_groups(W, config.L)
     if backend == "torch":
-        Wt = W if isinstance(W, torch.Tensor) else torch.from_numpy(np.asarray(W))
+        Wt = W.detach() if isinstance(W, torch.Tensor) else torch.from_numpy(np.asarray(W))
         r = torch.linalg.vector_norm(Wt.to(torch.float64), dim=1)
         stored, rng_, r_hat = _norms_torch(r, config.norm_bits)
         G = Wt.to(torch.float64).reshape(-1, config.L)
@@ -725,8 +762,7 @@ def _encode_core(W, config: PVQConfig, backend: str):
                                  cb.thresholds, ls)
         return Y, codes, stored, rng_, r_hat
     stored, rng_, r_hat = _NORM_TIERS[backend](_row_norms_numpy(W), config.norm_bits)
-    Wn = W.detach().cpu().numpy() if isinstance(W, torch.Tensor) else W
-    G = np.ascontiguousarray(Wn, dtype=np.float64).reshape(-1, config.L)
+    G = np.ascontiguousarray(_as_numpy(W), dtype=np.float64).reshape(-1, config.L)
     rg = np.repeat(r_hat, n // config.L)
     Y, codes = _GROUP_TIERS[backend](G, rg, config.K, cb.thresholds, ls)
     return Y, codes, stored, rng_, r_hat
@@ -752,8 +788,7 @@ def normalised_gains(W, config: PVQConfig, backend: str = "numba") -> np.ndarray
     Y, _, _, _, r_hat = _encode_core(W, wide, backend)
     if isinstance(Y, torch.Tensor):
         Y, r_hat = Y.cpu().numpy(), r_hat.cpu().numpy()
-    Wn = W.detach().cpu().numpy() if isinstance(W, torch.Tensor) else W
-    G = np.asarray(Wn, dtype=np.float64).reshape(m, -1, config.L)
+    G = _as_numpy(W).astype(np.float64).reshape(m, -1, config.L)
     Yf = Y.reshape(G.shape).astype(np.float64)
     if config.gain_target == "ls":
         g = np.sum(G * Yf, axis=2) / np.linalg.norm(Yf, axis=2)
@@ -806,8 +841,8 @@ class QuantizedMatrix:
         return decode_row_norms(self.row_norms, self.norm_range, self.config.norm_bits)
 
     def bit_counts(self) -> dict:
-        """Bits stored, by kind: per matrix (version byte, norm range), indices, gain codes,
-        row norms (and their total)."""
+        """Bits stored, by kind: per matrix (version byte, checksum, norm range), indices,
+        gain codes, row norms (and their total, equal to ``config.bits(shape)``)."""
         c = {"matrix": self.config.matrix_bits,
              "indices": self.n_groups * self.config.index_bits,
              "gain_codes": self.n_groups * self.config.gain_bits,
@@ -821,8 +856,8 @@ class QuantizedMatrix:
     def to_bytes(self) -> bytes:
         """One little-endian bit stream: the version byte, the norm range (two fp32, log
         norms only), all indices (bits(L, K) each), all gain codes (gain_bits each), all row
-        norms (norm_bits each); zero-padded to a whole byte only at the end, so
-        len = ceil(bit_counts()['total'] / 8)."""
+        norms (norm_bits each), zero-padded to a whole byte, then the CRC-32 of the schema
+        and all that (4 bytes); so len = ceil(bit_counts()['total'] / 8)."""
         _check_quantized(self)
         cfg = self.config
         idx = np.unpackbits(np.frombuffer(_pyramid().pack_indices(self.indices, cfg.L, cfg.K),
@@ -834,7 +869,23 @@ class QuantizedMatrix:
                  idx[:self.n_groups * cfg.index_bits],
                  _uint_bits(self.gain_codes, cfg.gain_bits),
                  _uint_bits(norms, cfg.norm_bits)]
-        return np.packbits(np.concatenate(parts), bitorder="little").tobytes()
+        return _sealed(np.packbits(np.concatenate(parts), bitorder="little").tobytes(),
+                       self.shape, cfg)
+
+
+def _schema(shape, config: PVQConfig) -> bytes:
+    """The format a stream is read with, as canonical text (covered by its checksum)."""
+    return json.dumps({"format": "pvqref.gain", "version": FORMAT_VERSION,
+                       "shape": [int(v) for v in shape], "L": int(config.L), "K": int(config.K),
+                       "gain_bits": int(config.gain_bits), "gain_kind": config.gain_kind,
+                       "gain_target": config.gain_target, "norm_bits": int(config.norm_bits)},
+                      sort_keys=True).encode()
+
+
+def _sealed(payload: bytes, shape, config: PVQConfig) -> bytes:
+    """payload + CRC-32(schema + payload), 4 bytes little-endian."""
+    crc = zlib.crc32(payload, zlib.crc32(_schema(shape, config)))
+    return payload + crc.to_bytes(CHECKSUM_BITS // 8, "little")
 
 
 def _uint_bits(values, b: int) -> np.ndarray:
@@ -853,8 +904,10 @@ def _bits_uint(bits: np.ndarray, b: int) -> np.ndarray:
 
 def from_bytes(data: bytes, shape, config: PVQConfig) -> QuantizedMatrix:
     """Inverse of :meth:`QuantizedMatrix.to_bytes` (the shape and config are the format).
-    ValueError for a wrong length, another format version, non-zero padding or values the
-    format cannot hold (Inf/NaN norms, an inverted norm range, codes out of range)."""
+    ValueError for a wrong length, another format version, a checksum that does not match
+    (corrupt bytes, or another config or shape than the writer's), non-zero padding or
+    values the format cannot hold (Inf/NaN norms, an inverted norm range, codes out of
+    range)."""
     m, n = _check_shape(shape)
     if n % config.L:
         raise ValueError(f"shape {shape} does not fit group size L={config.L}")
@@ -862,14 +915,19 @@ def from_bytes(data: bytes, shape, config: PVQConfig) -> QuantizedMatrix:
     log_norms = config.norm_bits != FP16_NORMS
     sizes = [VERSION_BITS, NORM_RANGE_BITS if log_norms else 0, G * config.index_bits,
              G * config.gain_bits, config.norm_bits * m]
-    total = sum(sizes)
-    if len(data) != -(-total // 8):
-        raise ValueError(f"shape {shape} with {config} needs {-(-total // 8)} bytes, "
-                         f"got {len(data)}")
+    total = sum(sizes)                                # without the checksum
+    n_bytes = -(-total // 8) + CHECKSUM_BITS // 8
+    data = bytes(data)
+    if len(data) != n_bytes:
+        raise ValueError(f"shape {shape} with {config} needs {n_bytes} bytes, got {len(data)}")
     if data[0] != FORMAT_VERSION:
         raise ValueError(f"format version {data[0]} is not supported (this reader reads "
                          f"version {FORMAT_VERSION})")
-    stream = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little")
+    payload = data[:-(CHECKSUM_BITS // 8)]
+    if _sealed(payload, (m, n), config) != data:
+        raise ValueError(f"checksum mismatch: the bytes are corrupt, or were written with "
+                         f"another config or shape than {config} and {(m, n)}")
+    stream = np.unpackbits(np.frombuffer(payload, dtype=np.uint8), bitorder="little")
     if stream[total:].any():
         raise ValueError("padding bits after the last row norm are not zero")
     _, range_bits, idx_bits, gain_bits, norm_bits = np.split(stream[:total],
@@ -969,14 +1027,14 @@ DEFAULT_GROUP_SIZES = (16, 32, 48, 64, 96, 128, 144, 192, 256, 288, 384)
 
 def relative_mse(W, W_hat) -> float:
     """||W - W_hat||^2 / ||W||^2 (numpy or torch, computed in float64)."""
-    W = W.detach().cpu().numpy() if isinstance(W, torch.Tensor) else np.asarray(W)
-    W_hat = W_hat.detach().cpu().numpy() if isinstance(W_hat, torch.Tensor) else W_hat
-    W, W_hat = W.astype(np.float64), np.asarray(W_hat, dtype=np.float64)
+    W, W_hat = _as_numpy(W).astype(np.float64), _as_numpy(W_hat).astype(np.float64)
     if W.shape != W_hat.shape:
         raise ValueError(f"shapes differ: {W.shape} and {W_hat.shape}")
     energy = np.sum(W ** 2)
     if not np.isfinite(energy) or energy == 0:
         raise ValueError("relative MSE needs a finite, non-zero reference W")
+    if not np.all(np.isfinite(W_hat)):
+        raise ValueError("the reconstruction W_hat contains NaN or Inf")
     return float(np.sum((W - W_hat) ** 2) / energy)
 
 
@@ -1022,16 +1080,28 @@ def choose_config(W, target_bpw: float, group_sizes=DEFAULT_GROUP_SIZES,
 # ----------------------------------------------------------------------------------------
 
 def rtn_quantize_dequantize(W, bits: int, group: int = 128) -> np.ndarray:
-    """Min-max asymmetric RTN of W (numpy, any shape with size divisible by group)."""
-    W = np.asarray(W)
-    if W.size % group:
+    """Min-max asymmetric RTN of W (numpy, any shape with size divisible by group): per
+    group of ``group`` consecutive weights (row-major) an fp16 scale (max - min) / (2^b - 1)
+    and an fp16 zero point min; codes round((w - zero) / scale) clamped to 0..2^b - 1."""
+    for name, v, top in (("bits", bits, 16), ("group", group, None)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 \
+                or (top and v > top):
+            raise ValueError(f"{name} must be an integer in 1..{top or 'size'}, got {v!r}")
+    W = _as_numpy(W)
+    if W.dtype.kind != "f":
+        raise TypeError(f"expected float weights, got dtype {W.dtype}")
+    if W.size == 0 or W.size % group:
         raise ValueError(f"{W.size} weights do not split into groups of {group}")
     if not np.all(np.isfinite(W)):
         raise ValueError("the weight matrix contains NaN or Inf")
     G = W.astype(np.float64).reshape(-1, group)
     lo, hi = G.min(axis=1, keepdims=True), G.max(axis=1, keepdims=True)
-    scale = ((hi - lo) / (2 ** bits - 1)).astype(np.float16).astype(np.float64)
-    zero = lo.astype(np.float16).astype(np.float64)
+    with np.errstate(over="ignore"):
+        scale = ((hi - lo) / (2 ** bits - 1)).astype(np.float16).astype(np.float64)
+        zero = lo.astype(np.float16).astype(np.float64)
+    if not (np.all(np.isfinite(scale)) and np.all(np.isfinite(zero))):
+        raise ValueError(f"a group's range exceeds fp16 ({FP16_MAX:.0f}): the fp16 scale or "
+                         f"zero point would be Inf; rescale the matrix first")
     safe = np.where(scale > 0, scale, 1.0)
     q = np.clip(np.round((G - zero) / safe), 0, 2 ** bits - 1)
     return (q * scale + zero).reshape(W.shape)
