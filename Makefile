@@ -1,7 +1,8 @@
 # pvqref: two commands do everything on a fresh machine.
 #   make book   -> set up .venv (pinned), install the model and text assets, build _build/html
 #   make test   -> the same set-up, then every test including the notebooks (pytest --nbval)
-# Other targets: setup, notebooks (re-execute and store outputs), bench, check-math, clean.
+# Other targets: setup, notebooks (re-execute and store outputs), bench, bench-record,
+# check-math, clean.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -14,7 +15,7 @@ export TRANSFORMERS_OFFLINE := 1
 export PYTHONHASHSEED := 0
 export NUMBA_CACHE_DIR := $(CURDIR)/.venv/numba-cache
 
-.PHONY: setup book test notebooks bench check-math clean
+.PHONY: setup book test notebooks bench bench-record check-math clean
 
 setup: $(STAMP)
 
@@ -40,6 +41,10 @@ notebooks: setup
 
 bench: setup
 	for f in benchmarks/bench_*.py; do $(BIN)/python $$f || exit 1; done
+
+# Record the runs in benchmarks/results/*.json (the chapters render them); run on a quiet machine.
+bench-record: setup
+	for f in benchmarks/bench_*.py; do $(BIN)/python $$f --save || exit 1; done
 
 check-math: setup
 	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)

@@ -1,13 +1,14 @@
 """Throughput of the randomized Hadamard transform per tier, single thread.
 
-    .venv/bin/python benchmarks/bench_coherence.py [--rows 8192] [--repeats 5]
+    .venv/bin/python benchmarks/bench_coherence.py [--rows 8192] [--repeats 5] [--save]
 
 For n in {576, 1536, 4096} it rotates a batch of float32 rows x -> H (s * x) with each
 tier of ``RandomizedHadamard.forward`` (input checks included), and, as baselines on
 the same data, the dense product x @ R^T with the explicit n x n rotation matrix
 (numpy BLAS and torch) and the product with a linear layer of that input size
 (the matmul the online transform sits next to). Prints a markdown table: best of
-``repeats`` runs, in vectors/s and in GB/s of float32 input.
+``repeats`` runs, in vectors/s and in GB/s of float32 input. ``--save`` records the run
+in ``benchmarks/results/coherence.json`` (see ``record.py``), which the chapter renders.
 """
 
 import argparse
@@ -22,6 +23,7 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+import record  # noqa: E402
 from pvqref import coherence as coh  # noqa: E402
 
 SIZES = (576, 1536, 4096)
@@ -83,9 +85,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=8192)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--save", action="store_true",
+                        help="record the run in benchmarks/results/coherence.json")
     args = parser.parse_args()
-    print(f"rows={args.rows}, float32, single thread, best of {args.repeats}\n")
-    print(markdown(measure(args.rows, args.repeats)))
+    load = os.getloadavg()[0]
+    print(f"rows={args.rows}, float32, single thread, best of {args.repeats}; "
+          f"load average {load:.2f} on {os.cpu_count()} cores\n")
+    rows = measure(args.rows, args.repeats)
+    print(markdown(rows))
+    if args.save:
+        settings = {"rows": args.rows, "repeats": args.repeats, "threads": 1}
+        print("saved", record.save("coherence", rows, settings, load))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Throughput of the complete PVQ quantizer per tier, single thread.
 
-    .venv/bin/python benchmarks/bench_gain.py [--repeats 3]
+    .venv/bin/python benchmarks/bench_gain.py [--repeats 3] [--save]
 
 For a few (n, L) at 3.25 bits per weight (K from ``gain.config_for_rate`` for the
 smallest batch, 2 Lloyd-Max gain bits, the default log-grid row norms) it times, on
@@ -14,6 +14,7 @@ Gaussian rows:
 
 Each tier gets a batch sized to its speed (reference: 8 rows, torch: 64, numba: 512).
 Prints a markdown table: best of ``repeats`` runs, in thousands of weights per second.
+``--save`` records the run in ``benchmarks/results/gain.json`` (see ``record.py``).
 """
 
 import argparse
@@ -28,6 +29,7 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+import record  # noqa: E402
 from pvqref import gain, pyramid  # noqa: E402
 
 CASES = ((576, 144), (576, 288), (1536, 96), (1536, 192))
@@ -81,5 +83,13 @@ def table(results: list[dict]) -> str:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--save", action="store_true",
+                        help="record the run in benchmarks/results/gain.json")
     args = parser.parse_args()
-    print(table(measure(args.repeats)))
+    load = os.getloadavg()[0]
+    print(f"single thread, best of {args.repeats}; load average {load:.2f} on "
+          f"{os.cpu_count()} cores\n")
+    rows = measure(args.repeats)
+    print(table(rows))
+    if args.save:
+        print("saved", record.save("gain", rows, {"repeats": args.repeats, "threads": 1}, load))
