@@ -1,7 +1,8 @@
 """Tests of pvqref.pyramid: counting, the enumeration bijection, search, bit packing.
 
 The reference tier (Python ints) is the oracle; the Numba and torch tiers must agree with it
-bit for bit. Exhaustive checks on small sizes, hypothesis property tests up to L = 256, K = 600.
+bit for bit. Exhaustive checks on small sizes, hypothesis property tests up to L = 256, K = 600
+(with the boundary sizes as explicit examples).
 """
 
 import math
@@ -9,13 +10,14 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from pvqref import pyramid as P
 from pvqref.pyramid import _numba as PN, _torch as PT
 
 TIERS = P.BACKENDS
-SETTINGS = settings(max_examples=25, deadline=None, derandomize=True,
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+SETTINGS = settings(max_examples=50, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -125,8 +127,32 @@ def pyramid_points(draw, max_L=256, max_K=600, n=3):
     return L, K, Y
 
 
+def corner_points(L, K):
+    """Boundary rows of P(L, K): rank 0 (0, ..., 0, K), the last rank (-K, 0, ..., 0), all
+    pulses on the other ends, and K spread as evenly as possible with alternating signs."""
+    Y = np.zeros((5, L), dtype=np.int64)
+    Y[0, -1], Y[1, 0], Y[2, 0], Y[3, -1] = K, -K, K, -K
+    Y[4] = (K // L + (np.arange(L) < K % L)) * np.where(np.arange(L) % 2, -1, 1)
+    return L, K, Y
+
+
+# the largest sizes, K = 0 and 1, L = 1, and indices filling exactly 1, 6 and 8 limbs
+CORNERS = [(256, 600), (255, 599), (1, 600), (256, 0), (256, 1), (1, 0),
+           (8, 865), (128, 187), (128, 386)]
+
+
+def with_examples(cases):
+    """Decorator: every one of ``cases`` as an explicit hypothesis @example (always run)."""
+    def decorate(test):
+        for case in cases:
+            test = example(case)(test)
+        return test
+    return decorate
+
+
 @SETTINGS
 @given(pyramid_points())
+@with_examples([corner_points(L, K) for L, K in CORNERS])
 def test_round_trip_range_and_tiers_bit_identical(case):
     L, K, Y = case
     n = P.count(L, K)
@@ -169,12 +195,9 @@ def test_limb_conversions_round_trip():
 
 # ---- search ----------------------------------------------------------------------------------
 
-@st.composite
-def search_cases(draw, max_L=256, max_K=600):
-    L = draw(st.integers(1, max_L))
-    K = draw(st.integers(0, max_K))
-    seed = draw(st.integers(0, 2**32 - 1))
-    kind = draw(st.sampled_from(["gauss", "integer", "heavy", "scaled"]))
+def search_input(L, kind, seed):
+    """Three groups of length L: Gaussian, small integers (many exact ties), Cauchy, or
+    Gaussian scaled by 10^(+-30)."""
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((3, L))
     if kind == "integer":                     # many exact ties
@@ -184,11 +207,27 @@ def search_cases(draw, max_L=256, max_K=600):
     elif kind == "scaled":
         X = X * 10.0 ** rng.integers(-30, 30)
     X[:, 0] += (X == 0).all(axis=1)           # no all-zero group
-    return K, X
+    return X
+
+
+@st.composite
+def search_cases(draw, max_L=256, max_K=600):
+    L = draw(st.integers(1, max_L))
+    K = draw(st.integers(0, max_K))
+    seed = draw(st.integers(0, 2**32 - 1))
+    kind = draw(st.sampled_from(["gauss", "integer", "heavy", "scaled"]))
+    return K, search_input(L, kind, seed)
+
+
+# the largest sizes, K = 0 and 1, L = 1, and both sides of the projection threshold K > L/2
+SEARCH_CORNERS = [(256, 600, "gauss"), (256, 600, "integer"), (256, 600, "heavy"),
+                  (256, 0, "gauss"), (256, 1, "integer"), (1, 600, "scaled"),
+                  (256, 128, "integer"), (256, 129, "gauss")]
 
 
 @SETTINGS
 @given(search_cases())
+@with_examples([(K, search_input(L, kind, 0)) for L, K, kind in SEARCH_CORNERS])
 def test_search_norm_signs_and_tiers_bit_identical(case):
     K, X = case
     ref = np.array([P.search(x, K) for x in X])
@@ -229,12 +268,33 @@ def test_greedy_is_not_always_optimal():
     assert 0 < misses < 40
 
 
-def test_search_returns_torch_on_the_input_device():
-    X = torch.randn(5, 16, generator=torch.Generator().manual_seed(0))
-    Y = P.search_batch(X, 20, backend="torch")
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("tier", TIERS)
+def test_torch_in_torch_out_on_the_input_device(device, tier):
+    X = torch.randn(5, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ref = np.array([P.search(x, 20) for x in X.numpy()])
+    X = X.to(device)
+    Y = P.search_batch(X, 20, backend=tier)
     assert isinstance(Y, torch.Tensor) and Y.device == X.device and Y.dtype == torch.int64
-    assert (Y.abs().sum(dim=1) == 20).all()
-    assert isinstance(P.search_batch(X.numpy(), 20, backend="torch"), np.ndarray)
+    assert (Y.cpu().numpy() == ref).all()
+    I = P.encode_batch(Y, 20, backend=tier)
+    assert isinstance(I, torch.Tensor) and I.device == X.device and I.dtype == torch.int64
+    assert P.limbs_to_ints(I) == [P.encode(y) for y in ref]
+    D = P.decode_batch(I, 16, 20, backend=tier)
+    assert isinstance(D, torch.Tensor) and D.device == X.device
+    assert (D.cpu().numpy() == ref).all()
+    Yn = P.search_batch(X.cpu().numpy(), 20, backend=tier)      # NumPy in, NumPy out
+    assert isinstance(Yn, np.ndarray) and (Yn == ref).all()
+
+
+@pytest.mark.parametrize("tier", TIERS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_search_takes_low_precision_tensors_on_every_tier(tier, dtype):
+    X = torch.randn(4, 32, generator=torch.Generator().manual_seed(1)).to(dtype)
+    ref = np.array([P.search(x, 40) for x in X.to(torch.float64).numpy()])  # exact widening
+    Y = P.search_batch(X, 40, backend=tier)
+    assert isinstance(Y, torch.Tensor) and Y.dtype == torch.int64
+    assert (Y.numpy() == ref).all()
 
 
 # ---- packing ---------------------------------------------------------------------------------
@@ -321,6 +381,111 @@ def test_scalar_errors():
         P.k_for_rate(8, -1)
     with pytest.raises(TypeError):
         P.count(2.5, 1)
+
+
+@pytest.mark.parametrize("tier", TIERS)
+@pytest.mark.parametrize("to", [np.asarray, torch.as_tensor], ids=["numpy", "torch"])
+def test_encode_batch_refuses_entries_beyond_K(tier, to):
+    # Once silent wrong answers: the int64 cast and int64 norm wrapped around.
+    cases = [
+        (np.array([[2**64 - 1, 2**64 - 1]], dtype=np.uint64), 2, r"\|y\| = 18446744073709551615"),
+        (np.array([[2**62] * 4 + [3]], dtype=np.uint64), 3, r"\|y\| = 4611686018427387904"),
+        (np.array([[2**62] * 4 + [3]]), 3, r"\|y\| = 4611686018427387904 > K=3"),
+        (np.array([[-2**63, 2**63 - 1, 1, 0]]), 1, r"\|y\| = 9223372036854775808 > K=1"),
+        (np.array([[-2**63, 2**63 - 1, 1, 0]]), None, "beyond the count table's limits"),
+        (np.array([[2, 0], [-2**63, 2]]), None, r"row 1 of Y has \|y\| = 9223372036854775808"),
+        (np.array([[3, 0], [-2, -2]]), None, r"row 1 of Y has L1 norm 4, expected K=3"),
+    ]
+    for Y, K, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            P.encode_batch(to(Y), K, backend=tier)
+    # narrow and unsigned dtypes are exact: same ranks as int64
+    Y = np.array([[3, 0, 1, 0], [0, 0, 0, 4], [1, 1, 1, 1]])
+    ref = [P.encode(y) for y in Y]
+    for dtype in (np.int8, np.uint8, np.int16, np.uint16, np.uint32, np.uint64):
+        I = P.encode_batch(to(Y.astype(dtype)), 4, backend=tier)
+        assert P.limbs_to_ints(I) == ref, dtype
+    assert P.limbs_to_ints(P.encode_batch(to(-Y.astype(np.int8)), None, backend=tier)) == \
+        [P.encode(-y) for y in Y]
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_table_limits(tier):
+    Lmax, Kmax = P.MAX_TABLE_L, P.MAX_TABLE_K
+    # inside: the book's largest configurations, the limits themselves (small tables)
+    for L, r in [(128, 4), (384, 5.25), (384, 6)]:
+        P._check_table(L, P.k_for_rate(L, r))
+    Y = np.zeros((1, Lmax), dtype=np.int64)
+    Y[0, -1] = 1
+    assert P.limbs_to_ints(P.encode_batch(as_input(Y, tier), backend=tier)) == [0]
+    last = P.count(2, Kmax) - 1                                   # = (-Kmax, 0)
+    assert (as_numpy(P.decode_batch([last], 2, Kmax, backend=tier)) == [[-Kmax, 0]]).all()
+    # beyond: refused up front with a ValueError naming the limits
+    beyond = [(Lmax + 1, 1), (2, Kmax + 1), (Lmax, Kmax)]      # the last only by table size
+    for L, K in beyond:
+        with pytest.raises(ValueError, match=f"L={L}, K={K}.*beyond the count table's limits"):
+            P.decode_batch([0], L, K, backend=tier)
+        Y = np.zeros((1, L), dtype=np.int64)
+        Y[0, 0] = K
+        with pytest.raises(ValueError, match="beyond the count table's limits"):
+            P.encode_batch(as_input(Y, tier), K, backend=tier)
+        with pytest.raises(ValueError, match="beyond the count table's limits"):
+            P.encode_batch(as_input(Y, tier), backend=tier)
+
+
+def test_scalar_table_limits():
+    with pytest.raises(ValueError, match=r"K=18446744073709551616\).*table's limits"):
+        P.encode(np.array([2**64 - 1, 1], dtype=np.uint64))       # was a raw OverflowError
+    with pytest.raises(ValueError, match="table's limits"):
+        P.encode(np.array([10**7, 0]))
+    with pytest.raises(ValueError, match="table's limits"):
+        P.decode(0, 2, P.MAX_TABLE_K + 1)
+    with pytest.raises(ValueError, match="table's limits"):
+        P.count_table(P.MAX_TABLE_L + 1, 2)
+    assert len(P.count_table(1, P.MAX_TABLE_K)[1]) == P.MAX_TABLE_K + 1
+    assert P.encode(np.array([-P.MAX_TABLE_K])) == 1
+    assert P.count(2, 10**7) == 4 * 10**7                          # no table: no limit
+
+
+def test_argument_types():
+    with pytest.raises(TypeError, match="K must be an integer, got float"):
+        P.encode(np.array([1, 1]), K=2.0)
+    for bad in ("3", True, None):
+        with pytest.raises(TypeError, match="bits_per_weight must be a real number"):
+            P.k_for_rate(8, bad)
+    assert P.k_for_rate(8, np.float32(3)) == P.k_for_rate(8, 3) == 16
+    data = P.pack_indices([1, 17], 3, 2)                          # 2 groups of 5 bits: 2 bytes
+    for bad in (2.0, True, "2"):
+        with pytest.raises(TypeError, match="n_groups must be an integer"):
+            P.unpack_indices(data, bad, 3, 2)
+    with pytest.raises(TypeError, match="data must be bytes-like"):
+        P.unpack_indices("ab", 2, 3, 2)
+    assert P.limbs_to_ints(P.unpack_indices(bytearray(data), np.int64(2), 3, 2)) == [1, 17]
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_tensor_and_array_dtypes(tier):
+    limbs = P.ints_to_limbs([0, 7, 17], 3, 2)
+    ref = P.decode_batch(limbs, 3, 2)
+    for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.int32):
+        with pytest.raises(ValueError, match="index limbs must be uint64|int64 tensor of limbs"):
+            P.decode_batch(torch.as_tensor(limbs.astype(np.int64)).to(dtype), 3, 2, backend=tier)
+    with pytest.raises(ValueError, match="index limbs must be uint64|int64 tensor of limbs"):
+        P.decode_batch(torch.zeros((1, 1), dtype=torch.float64), 3, 2, backend=tier)  # was [0 0 2]
+    for I in (torch.as_tensor(limbs), torch.as_tensor(limbs.view(np.int64)), limbs):
+        assert (as_numpy(P.decode_batch(I, 3, 2, backend=tier)) == ref).all()
+    for dtype in (torch.bfloat16, torch.float16, torch.float64):
+        with pytest.raises(ValueError, match=f"Y must have an integer dtype, got {dtype}"):
+            P.encode_batch(torch.ones(2, 3, dtype=dtype), 3, backend=tier)
+    strings = np.array([["a", "b"]])
+    with pytest.raises(ValueError, match="X must be real"):
+        P.search_batch(strings, 2, backend=tier)
+    with pytest.raises(ValueError, match="Y must have an integer dtype"):
+        P.encode_batch(strings, 2, backend=tier)
+    with pytest.raises(ValueError, match="Y must have an integer dtype"):
+        P.encode_batch(np.array([[2**70, 1]]), backend=tier)      # object array
+    with pytest.raises(ValueError, match="X must be real"):
+        P.search_batch(np.ones((2, 3), dtype=bool), 2, backend=tier)
 
 
 @pytest.mark.parametrize("tier", TIERS)

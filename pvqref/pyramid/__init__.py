@@ -29,11 +29,27 @@ An index of a ``(L, K)`` group needs ``bits(L, K)`` bits, often more than 64 (L 
 NumPy arrays use dtype ``uint64``. Torch tensors use ``torch.int64`` holding the same
 64-bit patterns (torch has no full uint64 arithmetic), so a limb >= 2**63 shows as
 negative there. ``ints_to_limbs`` / ``limbs_to_ints`` convert to and from Python ints.
+
+Limits of the table-based paths
+-------------------------------
+``count_table``, ``encode``, ``decode``, and ``encode_batch`` / ``decode_batch`` on every
+tier work from a table of N(l, k) for l <= L, k <= K: (L + 1)(K + 1) entries of
+``n_limbs(L, K)`` 64-bit limbs (Python ints of that size in the reference tier; the Numba
+tier keeps two such tables). They refuse, with a ValueError, any (L, K) beyond
+
+    L <= MAX_TABLE_L = 1024,   K <= MAX_TABLE_K = 16384,
+    (L + 1)(K + 1) n_limbs(L, K) <= MAX_TABLE_LIMBS = 2**26   (512 MiB per table),
+
+rather than silently build a table of gigabytes. The book and the chooser in
+``pvqref.gain`` stay inside: L = 128 at 3 bits per weight needs 0.14 Mi limbs, L = 256,
+K = 600 2.2 Mi, L = 384 at 5.25 and 6 bits per weight 32 and 61 Mi. ``count``, ``bits``,
+``k_for_rate``, ``search`` and the packing functions build no table and have no such limit.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from functools import lru_cache
 
 import numpy as np
@@ -42,10 +58,14 @@ __all__ = [
     "count", "count_table", "log2_count", "bits", "n_limbs", "k_for_rate",
     "encode", "decode", "search", "search_batch", "encode_batch", "decode_batch",
     "ints_to_limbs", "limbs_to_ints", "pack_indices", "unpack_indices",
-    "exhaustive_search", "BACKENDS",
+    "exhaustive_search", "BACKENDS", "MAX_TABLE_L", "MAX_TABLE_K", "MAX_TABLE_LIMBS",
 ]
 
 BACKENDS = ("reference", "numba", "torch")
+
+MAX_TABLE_L = 1024          # limits of the table-based paths (see the module docstring)
+MAX_TABLE_K = 16384
+MAX_TABLE_LIMBS = 1 << 26
 
 # ---------------------------------------------------------------------------------------
 # Counting.
@@ -92,10 +112,28 @@ def count(L: int, K: int) -> int:
     return total
 
 
+@lru_cache(maxsize=64)
+def _table_limbs(L: int, K: int) -> int:
+    return (L + 1) * (K + 1) * n_limbs(L, K)
+
+
+def _check_table(L: int, K: int) -> None:
+    """Refuse (L, K) (checked ints) whose count table is beyond the documented limits."""
+    if L <= MAX_TABLE_L and K <= MAX_TABLE_K and _table_limbs(L, K) <= MAX_TABLE_LIMBS:
+        return                              # (n_limbs is cheap once L and K are bounded)
+    raise ValueError(f"(L={L}, K={K}) is beyond the count table's limits: encoding and "
+                     f"decoding need L <= {MAX_TABLE_L}, K <= {MAX_TABLE_K} and "
+                     f"(L+1)(K+1) n_limbs(L, K) <= {MAX_TABLE_LIMBS} limbs (see pvqref.pyramid)")
+
+
 @lru_cache(maxsize=16)
 def count_table(L: int, K: int) -> tuple[tuple[int, ...], ...]:
-    """Table ``N[l][k]`` for 0 <= l <= L, 0 <= k <= K by the three-term recurrence."""
+    """Table ``N[l][k]`` for 0 <= l <= L, 0 <= k <= K by the three-term recurrence.
+
+    Raises ValueError beyond the table limits (``MAX_TABLE_L``, ``MAX_TABLE_K``,
+    ``MAX_TABLE_LIMBS``; see the module docstring)."""
     L, K = _check_LK(L, K)
+    _check_table(L, K)
     rows = [[1] + [0] * K]                  # N(0, 0) = 1, N(0, k > 0) = 0
     for _ in range(L):
         prev, row = rows[-1], [1]
@@ -128,6 +166,9 @@ def k_for_rate(L: int, bits_per_weight: float) -> int:
     For L = 1 every K >= 1 gives the same two points {+-1} up to scale; we return K = 1.
     """
     _check_LK(L, 0)
+    if isinstance(bits_per_weight, bool) or not isinstance(bits_per_weight, numbers.Real):
+        raise TypeError(f"bits_per_weight must be a real number, got "
+                        f"{type(bits_per_weight).__name__}")
     bpw = float(bits_per_weight)
     if not math.isfinite(bpw) or bpw < 0:
         raise ValueError(f"bits_per_weight must be a finite number >= 0, got {bits_per_weight}")
@@ -161,17 +202,23 @@ def _check_point(y, K=None) -> tuple[np.ndarray, int]:
     if y.ndim != 1 or y.size < 1:
         raise ValueError(f"y must be a non-empty 1-D integer vector, got shape {y.shape}")
     if not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"y must have an integer dtype (pyramid points are integer), got {y.dtype}")
-    norm = sum(abs(int(v)) for v in y)
+        raise ValueError("y must have an integer dtype (pyramid points are integer), "
+                         f"got {y.dtype}")
+    norm = sum(abs(int(v)) for v in y)     # exact: Python ints (any integer dtype)
+    if K is not None:
+        _, K = _check_LK(len(y), K)
     if K is not None and norm != K:
         raise ValueError(f"y has L1 norm {norm}, expected K={K}")
     return y, norm
 
 
 def encode(y, K: int | None = None) -> int:
-    """Rank of the pyramid point ``y`` (K = ||y||_1, checked if given) in range(count)."""
+    """Rank of the pyramid point ``y`` (K = ||y||_1, checked if given) in range(count).
+
+    ValueError beyond the table limits (module docstring)."""
     y, norm = _check_point(y, K)
     L, k = len(y), norm
+    _check_table(L, k)
     N = count_table(L, k)
     index = 0
     for i, v in enumerate(int(v) for v in y):
@@ -195,8 +242,11 @@ def _check_index(index, L, K) -> int:
 
 
 def decode(index: int, L: int, K: int) -> np.ndarray:
-    """The pyramid point of rank ``index`` in P(L, K), as an int64 vector."""
+    """The pyramid point of rank ``index`` in P(L, K), as an int64 vector.
+
+    ValueError beyond the table limits (module docstring)."""
     L, K = _check_LK(L, K)
+    _check_table(L, K)
     i, k = _check_index(index, L, K), K
     N = count_table(L, K)
     y = np.zeros(L, dtype=np.int64)
@@ -321,6 +371,10 @@ def _is_torch(obj) -> bool:
 
 def _to_numpy_limbs(limbs) -> np.ndarray:
     if _is_torch(limbs):
+        import torch
+        if limbs.dtype not in (torch.int64, torch.uint64):
+            raise ValueError("index limbs must be uint64 (or int64 bit patterns), "
+                             f"got {limbs.dtype}")
         limbs = limbs.detach().cpu().numpy()
     limbs = np.asarray(limbs)
     if limbs.ndim != 2:
@@ -337,7 +391,8 @@ def _check_limbs(limbs, L, K) -> np.ndarray:
     limbs = _to_numpy_limbs(limbs)
     W = n_limbs(L, K)
     if limbs.shape[1] != W:
-        raise ValueError(f"indices for (L={L}, K={K}) need W={W} limbs per row, got {limbs.shape[1]}")
+        raise ValueError(f"indices for (L={L}, K={K}) need W={W} limbs per row, "
+                         f"got {limbs.shape[1]}")
     n = ints_to_limbs([count(L, K) - 1], L, K)[0]          # largest valid index
     greater = np.zeros(len(limbs), dtype=bool)              # limbs > n, lexicographically
     decided = np.zeros(len(limbs), dtype=bool)
@@ -372,17 +427,35 @@ def _check_X(X) -> np.ndarray:
     return X
 
 
+def _refuse_beyond_K(Y, big, K) -> None:
+    """ValueError naming the first entry of Y flagged in ``big`` (|y| > K), if any."""
+    if big.any():
+        g, c = (int(v) for v in np.argwhere(big)[0])
+        raise ValueError(f"row {g} of Y has |y| = {abs(int(Y[g, c]))} > K={K} at column {c}, "
+                         "so its L1 norm exceeds K (all groups of a batch share K)")
+
+
 def _check_Y(Y, K) -> tuple[np.ndarray, int]:
     Y = np.asarray(Y)
     if Y.ndim != 2 or Y.shape[1] < 1:
         raise ValueError(f"Y must be a (G, L) array of pyramid points, got shape {Y.shape}")
     if not np.issubdtype(Y.dtype, np.integer):
         raise ValueError(f"Y must have an integer dtype, got {Y.dtype}")
+    L = Y.shape[1]
+    if K is None:                           # the batch's K: row 0's norm, in exact ints
+        _check_table(L, 0)
+        K = sum(abs(int(v)) for v in Y[0]) if len(Y) else 0
+    L, K = _check_LK(L, K)
+    _check_table(L, K)
+    # A point has |y_i| <= K. Check it before anything can wrap: then the int64 norms are
+    # exact (<= L K). A uint64 >= 2**63 would wrap in the int64 cast; abs(-2**63) is
+    # -2**63 in int64, which read as uint64 is 2**63 > K.
+    if Y.dtype == np.uint64:
+        _refuse_beyond_K(Y, Y > K, K)
     Y = np.ascontiguousarray(Y, dtype=np.int64)
-    norms = np.abs(Y).sum(axis=1)
-    if K is None:
-        K = int(norms[0]) if len(Y) else 0
-    _check_LK(Y.shape[1], K)
+    A = np.abs(Y)
+    _refuse_beyond_K(Y, A.view(np.uint64) > K, K)
+    norms = A.sum(axis=1)
     bad = norms != K
     if bad.any():
         g = int(np.flatnonzero(bad)[0])
@@ -406,7 +479,9 @@ def search_batch(X, K: int, backend: str = "reference"):
 
 
 def encode_batch(Y, K: int | None = None, backend: str = "reference"):
-    """Ranks of the rows of Y (G, L), all with ||y||_1 = K, as (G, W) limbs."""
+    """Ranks of the rows of Y (G, L), all with ||y||_1 = K, as (G, W) limbs.
+
+    K defaults to the norm of row 0. ValueError beyond the table limits (module docstring)."""
     _check_backend(backend)
     if backend == "torch" or _is_torch(Y):
         from . import _torch
@@ -420,9 +495,12 @@ def encode_batch(Y, K: int | None = None, backend: str = "reference"):
 
 
 def decode_batch(indices, L: int, K: int, backend: str = "reference"):
-    """Points (G, L) int64 of (G, W) index limbs (or a list of Python ints)."""
+    """Points (G, L) int64 of (G, W) index limbs (or a list of Python ints).
+
+    ValueError beyond the table limits (module docstring)."""
     _check_backend(backend)
     L, K = _check_LK(L, K)
+    _check_table(L, K)
     if backend == "torch" or _is_torch(indices):
         from . import _torch
         return _torch.decode_batch(indices, L, K, backend)
@@ -458,6 +536,13 @@ def pack_indices(indices, L: int, K: int) -> bytes:
 def unpack_indices(data: bytes, n_groups: int, L: int, K: int) -> np.ndarray:
     """Inverse of ``pack_indices``: (n_groups, W) uint64 limbs. Checks length and range."""
     L, K = _check_LK(L, K)
+    try:
+        data = memoryview(data).cast("B")   # any contiguous bytes-like object, as bytes
+    except TypeError:
+        raise TypeError(f"data must be bytes-like, got {type(data).__name__}") from None
+    if isinstance(n_groups, bool) or not isinstance(n_groups, (int, np.integer)):
+        raise TypeError(f"n_groups must be an integer, got {type(n_groups).__name__}")
+    n_groups = int(n_groups)
     b, W = bits(L, K), n_limbs(L, K)
     if n_groups < 0:
         raise ValueError(f"n_groups must be >= 0, got {n_groups}")

@@ -31,7 +31,7 @@ from functools import lru_cache
 import numpy as np
 from numba import njit
 
-from . import n_limbs
+from . import _check_LK, _check_table, n_limbs
 
 _ZERO = np.uint64(0)
 _ONE = np.uint64(1)
@@ -142,7 +142,10 @@ def _build_tables(L, K, W):
 def tables(L: int, K: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(N, M, width, NM) for P(L', K'), L' <= L, K' <= K: W = n_limbs(L, K) limbs per entry;
     width[l, k] = limbs that N(l, k) needs (decode works on no more); NM stacks N and M
-    (N = NM[0], M = NM[1]) so decode can pick either by index instead of by branch."""
+    (N = NM[0], M = NM[1]) so decode can pick either by index instead of by branch.
+    ValueError beyond pvqref.pyramid's table limits."""
+    L, K = _check_LK(L, K)
+    _check_table(L, K)
     NM, width = _build_tables(L, K, n_limbs(L, K))
     return NM[0], NM[1], width, NM
 

@@ -25,16 +25,22 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from . import _check_LK, count, n_limbs
+from . import _check_LK, _check_table, count, n_limbs
 
 _MASK32 = 0xFFFFFFFF
 
 
-def _as_tensor(obj):
-    """(tensor, came_from_numpy)."""
+def _as_tensor(obj, kinds: str, what: str):
+    """(tensor, came_from_numpy). NumPy input must have a dtype kind in ``kinds`` (else
+    ValueError "``what``, got <dtype>"); floats become float64, as on the NumPy tiers."""
     if isinstance(obj, torch.Tensor):
         return obj, False
-    return torch.as_tensor(np.asarray(obj)), True
+    a = np.asarray(obj)
+    if a.dtype.kind not in kinds:
+        raise ValueError(f"{what}, got {a.dtype}")
+    if a.dtype.kind == "f":
+        a = a.astype(np.float64, copy=False)
+    return torch.as_tensor(a), True
 
 
 def _back(t: torch.Tensor, to_numpy: bool, uint64: bool = False):
@@ -128,9 +134,12 @@ def _search(X: torch.Tensor, K: int, force_scan: bool = False) -> torch.Tensor:
 
 def search_batch(X, K: int, backend: str = "torch", force_scan: bool = False):
     from . import search_batch as np_search_batch
-    X, to_numpy = _as_tensor(X)
+    X, to_numpy = _as_tensor(X, "iuf", "X must be real (float or integer dtype)")
     if backend != "torch":                   # torch tensor into a NumPy tier
-        out = np_search_batch(X.detach().cpu().numpy(), K, backend)
+        Xc = X.detach().cpu()
+        if Xc.dtype.is_floating_point:       # bf16 has no NumPy dtype; float64 holds every
+            Xc = Xc.to(torch.float64)        # fp16/bf16/fp32 exactly (and is what they use)
+        out = np_search_batch(Xc.numpy(), K, backend)
         return torch.as_tensor(out, device=X.device)
     X = _check_X(X)
     _, K = _check_LK(X.shape[1], K)
@@ -191,16 +200,39 @@ def _limbs_to_digits(limbs: torch.Tensor) -> torch.Tensor:
 
 # ---- encode / decode -------------------------------------------------------------------------
 
-def _check_Y(Y: torch.Tensor, K):
-    if Y.ndim != 2 or Y.shape[1] < 1:
-        raise ValueError(f"Y must be a (G, L) tensor of pyramid points, got shape {tuple(Y.shape)}")
+def _check_Y_dtype(Y: torch.Tensor):
     if Y.dtype.is_floating_point or Y.is_complex() or Y.dtype == torch.bool:
         raise ValueError(f"Y must have an integer dtype, got {Y.dtype}")
-    Y = Y.to(torch.int64)
-    norms = Y.abs().sum(dim=1)
-    if K is None:
-        K = int(norms[0]) if len(Y) else 0
-    _check_LK(Y.shape[1], K)
+
+
+def _check_Y(Y: torch.Tensor, K):
+    if Y.ndim != 2 or Y.shape[1] < 1:
+        raise ValueError(f"Y must be a (G, L) tensor of pyramid points, "
+                         f"got shape {tuple(Y.shape)}")
+    _check_Y_dtype(Y)
+    L = Y.shape[1]
+    if Y.dtype == torch.uint64:              # no uint64 compares in torch: read the bits as
+        Y = Y.view(torch.int64)              # int64; entries >= 2**63 show as negative
+        huge = Y < 0
+        if bool(huge.any()):
+            g, c = (int(v) for v in huge.nonzero()[0])
+            raise ValueError(f"row {g} of Y has |y| = {int(Y[g, c]) + 2**64} at column {c}, "
+                             "beyond int64 and any K: not a pyramid point")
+    Y = Y.to(torch.int64)                    # exact for every other integer dtype
+    if K is None:                            # the batch's K: row 0's norm, in exact ints
+        _check_table(L, 0)
+        K = sum(abs(v) for v in Y[0].tolist()) if len(Y) else 0
+    L, K = _check_LK(L, K)
+    _check_table(L, K)
+    # A point has |y_i| <= K; checking it first keeps the int64 norms exact (<= L K).
+    # abs(-2**63) is -2**63 in int64: hence the A < 0.
+    A = Y.abs()
+    big = (A > K) | (A < 0)
+    if bool(big.any()):
+        g, c = (int(v) for v in big.nonzero()[0])
+        raise ValueError(f"row {g} of Y has |y| = {abs(int(Y[g, c]))} > K={K} at column {c}, "
+                         "so its L1 norm exceeds K (all groups of a batch share K)")
+    norms = A.sum(dim=1)
     bad = norms != K
     if bool(bad.any()):
         g = int(bad.nonzero()[0, 0])
@@ -211,8 +243,9 @@ def _check_Y(Y: torch.Tensor, K):
 
 def encode_batch(Y, K=None, backend: str = "torch"):
     from . import encode_batch as np_encode_batch
-    Y, to_numpy = _as_tensor(Y)
+    Y, to_numpy = _as_tensor(Y, "iu", "Y must have an integer dtype")
     if backend != "torch":
+        _check_Y_dtype(Y)                    # (bf16 etc. have no NumPy twin)
         out = np_encode_batch(Y.detach().cpu().numpy(), K, backend)
         return torch.as_tensor(out.view(np.int64), device=Y.device)
     Y, K = _check_Y(Y, K)
@@ -239,11 +272,17 @@ def decode_batch(indices, L: int, K: int, backend: str = "torch"):
     if isinstance(indices, (list, tuple, range)):
         from . import ints_to_limbs
         indices = ints_to_limbs(indices, L, K)
-    I, to_numpy = _as_tensor(_to_numpy_limbs(indices).view(np.int64)
-                             if not isinstance(indices, torch.Tensor) else indices)
+    if isinstance(indices, torch.Tensor):
+        I, to_numpy = indices, False
+    else:                                    # NumPy limbs, validated, as int64 bit patterns
+        I, to_numpy = torch.as_tensor(_to_numpy_limbs(indices).view(np.int64)), True
     if backend != "torch":
-        out = np_decode_batch(I.detach().cpu().numpy().view(np.uint64), L, K, backend)
+        out = np_decode_batch(_to_numpy_limbs(I), L, K, backend)
         return torch.as_tensor(out, device=I.device)
+    L, K = _check_LK(L, K)
+    _check_table(L, K)
+    if I.dtype == torch.uint64:              # same 64-bit patterns
+        I = I.view(torch.int64)
     W = n_limbs(L, K)
     if I.ndim != 2 or I.shape[1] != W or I.dtype != torch.int64:
         raise ValueError(f"indices for (L={L}, K={K}) must be a (G, {W}) int64 tensor of limbs, "
