@@ -12,7 +12,8 @@ is reproduced exactly from ``(n, seed)``.
 Contents, in reading order:
 
 - Hadamard matrices of order ``n = k * 2^m`` (Sylvester for 2^m; Paley I and II for the
-  small factor k): :func:`hadamard`, :func:`is_supported`, :func:`supported_sizes`.
+  small factor k): :func:`hadamard` (dense, n <= MAX_DENSE_ORDER), :func:`is_supported`,
+  :func:`supported_sizes`.
 - The fast transform ``x -> H x`` along any axis, three tiers:
   :func:`hadamard_transform` with ``backend="reference"|"numba"|"torch"``.
 - Rotations: :class:`RandomizedHadamard` and the explicit fallback
@@ -30,6 +31,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
+import operator
+import re
 from functools import lru_cache
 
 import numpy as np
@@ -63,6 +66,29 @@ from numba import njit
 # ----------------------------------------------------------------------------------------
 
 MAX_BASE_ORDER = 256
+MAX_DENSE_ORDER = 16384     # largest n for the dense matrices (hadamard, RandomOrthogonal):
+                            # n^2 float64 = 2 GiB at 16384; larger n: use the fast transform
+MAX_ORDER = 2 ** 26         # largest n of a RandomizedHadamard (67 million, > 1000 times any
+                            # LLM dimension; its signs alone take 8n bytes)
+
+
+def _as_int(value, name: str, minimum: int) -> int:
+    """value as a Python int >= minimum, or a ValueError naming ``name``.
+
+    Accepts Python and numpy integers (anything with ``__index__``), not bool, float or
+    str: 2.5, 2.0, True and "5" are refused rather than silently read as 2, 2, 1 and 5.
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        try:
+            value_int = operator.index(value)
+        except TypeError:
+            pass
+        else:
+            if value_int >= minimum:
+                return value_int
+    kind = {0: "a non-negative integer", 1: "a positive integer"}.get(
+        minimum, f"an integer >= {minimum}")
+    raise ValueError(f"{name} must be {kind}, got {value!r}")
 
 
 def _prime_power(q: int) -> tuple[int, int] | None:
@@ -203,8 +229,11 @@ def base_orders() -> list[int]:
 
 
 def _decompose(n: int) -> tuple[int, int, str] | None:
-    """(k, M = 2^m, construction of k) with n = k * M and k smallest; None if unsupported."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+    """(k, M = 2^m, construction of k) with n = k * M and k smallest; None if unsupported
+    (including n that is not a positive integer)."""
+    try:
+        n = _as_int(n, "n", 1)
+    except ValueError:
         return None
     for k, name in sorted(_base_constructions().items()):
         if n % k == 0:
@@ -215,7 +244,9 @@ def _decompose(n: int) -> tuple[int, int, str] | None:
 
 
 def is_supported(n: int) -> bool:
-    """True if :func:`hadamard` constructs an order-n Hadamard matrix."""
+    """True if an order-n Hadamard matrix is constructed here (n = k * 2^m with k in
+    :func:`base_orders`): :func:`hadamard_transform` handles length n. (The dense
+    :func:`hadamard` also needs n <= MAX_DENSE_ORDER.)"""
     return _decompose(n) is not None
 
 
@@ -238,13 +269,27 @@ def construction(n: int) -> str:
     return name if M == 1 else f"{name} (x) sylvester({M})"
 
 
+def _nearest_supported(n: int) -> tuple[int | None, int]:
+    """The largest supported size below n (None for n = 1) and the smallest above n.
+
+    Every supported size is k * 2^m with k a constructed factor, so for each k take the
+    largest k * 2^m <= n - 1 and the smallest k * 2^m >= n + 1 (O(number of factors)).
+    """
+    below, above = None, None
+    for k in base_orders():
+        if k < n:                                     # 2^m <= (n - 1) // k < 2^(m + 1)
+            b = k << (((n - 1) // k).bit_length() - 1)
+            below = b if below is None else max(below, b)
+        a = k if k > n else k << (n // k).bit_length()     # 2^(m - 1) <= n // k < 2^m
+        above = a if above is None else min(above, a)
+    return below, above
+
+
 def _require(n: int) -> tuple[int, int, str]:
+    n = _as_int(n, "Hadamard order", 1)
     dec = _decompose(n)
     if dec is None:
-        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"Hadamard order must be a positive integer, got {n!r}")
-        below = max((s for s in range(max(1, n - 512), n) if is_supported(s)), default=None)
-        above = next(s for s in range(n + 1, 4 * n + 2) if is_supported(s))
+        below, above = _nearest_supported(n)
         raise ValueError(
             f"no Hadamard matrix of order n={n} is constructed here. Supported: n = k * 2^m "
             f"with k in {base_orders()} (Sylvester and Paley I/II factors up to "
@@ -268,10 +313,33 @@ def _base_matrix(k: int) -> np.ndarray:
 def hadamard(n: int) -> np.ndarray:
     """Orthonormal Hadamard matrix H_n = (H_k (x) H_{2^m}) / sqrt(n), float64, H H^T = I.
 
-    Dense: n^2 doubles (n = 16384 takes 2 GiB). Raises ValueError for unsupported n.
+    Dense, for checks and small n: the result takes n^2 * 8 bytes (2 GiB at n = 16384) and
+    is built in place, so for large n the peak memory is at most 1.25 times that (with
+    tracemalloc; the extra quarter is numpy's copy in the last, overlapping doubling step).
+    Raises ValueError for an unsupported n and for n > MAX_DENSE_ORDER (16384); to apply
+    H_n at any supported size without the matrix, use :func:`hadamard_transform` or
+    :class:`RandomizedHadamard`.
     """
     k, M, _ = _require(n)
-    return np.kron(_base_matrix(k), sylvester(M)).astype(np.float64) / math.sqrt(n)
+    n = k * M
+    if n > MAX_DENSE_ORDER:
+        raise ValueError(
+            f"hadamard(n={n}) would build a dense {n} x {n} matrix ({n * n * 8 / 2**30:.1f} "
+            f"GiB); the dense matrix is limited to n <= MAX_DENSE_ORDER = {MAX_DENSE_ORDER}. "
+            f"Apply H_n without it: hadamard_transform(x) (O(n log n) per vector).")
+    H = np.empty((n, n))
+    HM = H if k == 1 else np.empty((M, M))        # the Sylvester factor H_M / sqrt(n)
+    HM[0, 0] = 1.0 / math.sqrt(n)
+    s = 1
+    while s < M:                                   # H_2s = [[H_s, H_s], [H_s, -H_s]]
+        HM[:s, s:2 * s] = HM[:s, :s]
+        HM[s:2 * s, :s] = HM[:s, :s]
+        np.negative(HM[:s, :s], out=HM[s:2 * s, s:2 * s])
+        s *= 2
+    if k > 1:                                      # H[a M + b, a' M + b'] = Hk[a, a'] HM[b, b']
+        np.multiply(_base_matrix(k)[:, None, :, None], HM[None, :, None, :],
+                    out=H.reshape(k, M, k, M))
+    return H
 
 
 # ----------------------------------------------------------------------------------------
@@ -384,8 +452,20 @@ def _is_torch(x) -> bool:
     return isinstance(x, torch.Tensor)
 
 
-def _check_input(x, n: int, axis: int, check_finite: bool = True):
-    """Validate x (numpy array-like or torch tensor); return it as a float array/tensor."""
+def _check_axis(axis, shape) -> int:
+    """axis as a Python int in [-ndim, ndim); TypeError for bool/float, ValueError if out
+    of range."""
+    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
+        raise TypeError(f"axis must be an integer, got {axis!r}")
+    if not -len(shape) <= axis < len(shape):
+        raise ValueError(f"axis {axis} is out of range for an array of shape {tuple(shape)}")
+    return int(axis)
+
+
+def _check_input(x, n: int, axis: int):
+    """Validate x (numpy array-like or torch tensor) and axis; return (x as a float array
+    or tensor, axis as an int). NaN/Inf are caught on the result (:func:`_check_result`)
+    or inside the Numba kernel."""
     if _is_torch(x):
         if not x.is_floating_point():
             raise TypeError(f"expected a floating-point tensor, got dtype {x.dtype}")
@@ -397,33 +477,51 @@ def _check_input(x, n: int, axis: int, check_finite: bool = True):
             raise TypeError(f"expected a float32/float64 array, got dtype {x.dtype}")
     if len(x.shape) == 0:
         raise ValueError("expected an array with at least one dimension, got a scalar")
-    if not -len(x.shape) <= axis < len(x.shape):
-        raise ValueError(f"axis {axis} is out of range for an array of shape {tuple(x.shape)}")
+    axis = _check_axis(axis, x.shape)
     if x.shape[axis] != n:
         raise ValueError(f"axis {axis} has length {x.shape[axis]}, the transform has n={n} "
                          f"(array shape {tuple(x.shape)})")
-    if check_finite:
-        _check_finite(x)
-    return x
+    return x, axis
 
 
 def _finite_sum(x) -> bool:
     """True iff the float64 sum of x is finite: then every entry is finite (NaN and Inf
     propagate through sums; float32 data cannot overflow a float64 sum)."""
-    total = x.sum(dtype=torch.float64) if _is_torch(x) else x.sum(dtype=np.float64)
-    return math.isfinite(float(total))
+    if _is_torch(x):
+        total = x.detach().sum(dtype=torch.float64)
+    else:
+        with np.errstate(over="ignore", invalid="ignore"):     # inf + -inf: NaN, no warning
+            total = x.sum(dtype=np.float64)
+    return math.isfinite(float(total))       # for a tensor: one read-back to the host
 
 
-def _check_finite(x) -> None:
-    """Raise ValueError on NaN/Inf (fast path: a finite float64 sum)."""
-    if _finite_sum(x):
-        return
-    if not bool(x.isfinite().all() if _is_torch(x) else np.isfinite(x).all()):
-        raise ValueError("input contains NaN or Inf")
-    raise ValueError("input values are so large that their sum overflows float64; rescale")
+def _all_finite(x) -> bool:
+    return bool(x.isfinite().all() if _is_torch(x) else np.isfinite(x).all())
 
 
 _OVERFLOW = "the transform overflowed the input's dtype (values near its maximum); rescale"
+
+
+def _check_result(x, y) -> None:
+    """Raise ValueError unless y = R x (R orthogonal, along some axis) is finite.
+
+    One check of y suffices: column j of an orthogonal R has unit norm, so some
+    R_ij != 0, and a NaN or Inf in x_j makes y_i = ... + R_ij x_j non-finite. So a finite
+    y certifies a finite x; x is only looked at afterwards, to word the error (bad input,
+    or an overflow of the dtype). For a tensor the check reads one number back to the
+    host, a device sync on a GPU: the price of raising a Python error on bad data (an
+    asynchronous device assert would leave the CUDA context unusable). Meta tensors have
+    no values and are not checked.
+    """
+    if _is_torch(y) and y.device.type == "meta":
+        return
+    if _finite_sum(y):
+        return
+    if not _all_finite(x):
+        raise ValueError("input contains NaN or Inf")
+    if not _all_finite(y):
+        raise ValueError(_OVERFLOW)
+    raise ValueError("values so large that the float64 sum of the result overflows; rescale")
 
 
 def hadamard_transform(x, axis: int = -1, backend: str | None = None,
@@ -434,6 +532,13 @@ def hadamard_transform(x, axis: int = -1, backend: str | None = None,
     (floating, any device); the result has x's type, dtype, shape and device.
     backend: "reference" (numpy, readable), "numba" (jitted loops, CPU) or "torch";
     None picks "torch" for tensors and "numba" otherwise.
+
+    A tensor on the numpy tiers ("reference", "numba") is copied to the CPU, computed in
+    float32 (float16, bfloat16 and other low-precision dtypes) or its own float32/float64,
+    and returned in its dtype on its device. Those tiers cannot carry gradients: for a
+    tensor that requires grad (with grad mode on) they raise ValueError; use "torch",
+    which is differentiable, or pass ``x.detach()`` / run under ``torch.no_grad()``.
+    Raises ValueError for NaN/Inf input or a result that overflows the dtype.
     """
     shape = getattr(x, "shape", None)
     if shape is None:
@@ -441,46 +546,73 @@ def hadamard_transform(x, axis: int = -1, backend: str | None = None,
         shape = x.shape
     if len(shape) == 0:
         raise ValueError("expected an array with at least one dimension, got a scalar")
-    if not -len(shape) <= axis < len(shape):
-        raise ValueError(f"axis {axis} is out of range for an array of shape {tuple(shape)}")
-    n = int(shape[axis])
+    n = int(shape[_check_axis(axis, shape)])
     return _rotate(x, n, axis, backend, transpose, None, None)
 
 
-def _rotate(x, n: int, axis: int, backend: str | None, transpose: bool, pre, post,
-            checked: bool = False):
+def _rotate(x, n: int, axis: int, backend: str | None, transpose: bool, pre, post):
     """post * H_n^(T) (pre * x) along axis; pre/post are sign vectors or None."""
-    is_t = _is_torch(x)
     if backend is None:
-        backend = "torch" if is_t else "numba"
+        backend = "torch" if _is_torch(x) else "numba"
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     k, M, _ = _require(n)
-    if not checked:                               # the numba kernel checks NaN/Inf inline
-        x = _check_input(x, n, axis, check_finite=backend != "numba")
-    if is_t and backend != "torch":               # numpy tiers on a tensor: round trip
-        y = _rotate(x.detach().cpu().numpy(), n, axis, backend, transpose, pre, post, True)
-        return torch.from_numpy(y).to(x.device)
-    if not is_t and backend == "torch":
-        xt = torch.from_numpy(np.ascontiguousarray(x))
-        return _rotate(xt, n, axis, backend, transpose, pre, post, True).numpy()
+    x, axis = _check_input(x, n, axis)
     Hk = _base_matrix(k)
     Hk = np.ascontiguousarray(Hk.T) if transpose else Hk
-    move = (lambda t, a, b: torch.movedim(t, a, b)) if is_t else np.moveaxis
-    xm = move(x, axis, -1)
+    if not _is_torch(x):
+        if backend == "torch":
+            xt = torch.from_numpy(np.ascontiguousarray(x))
+            return _rotate_torch(xt, Hk, M, axis, pre, post).numpy()
+        return _rotate_numpy(x, Hk, M, axis, backend, pre, post)
+    if backend == "torch":
+        return _rotate_torch(x, Hk, M, axis, pre, post)
+    # A tensor on a numpy tier: compute on the CPU in float32/float64, come back as x was.
+    if x.device.type == "meta":
+        raise ValueError(f"backend={backend!r} needs the tensor's values and a meta tensor "
+                         f"has none; use backend='torch'")
+    if x.requires_grad and torch.is_grad_enabled():
+        raise ValueError(f"backend={backend!r} computes in numpy and cannot carry gradients "
+                         f"of a tensor that requires grad; use backend='torch' "
+                         f"(differentiable), or x.detach() / torch.no_grad()")
+    work = x.detach().cpu()
+    if work.dtype not in (torch.float32, torch.float64):
+        work = work.to(torch.float32)              # float16, bfloat16, ...: float32 range
+    y = torch.from_numpy(_rotate_numpy(work.numpy(), Hk, M, axis, backend, pre, post))
+    y = y.to(x.dtype)
+    if y.dtype != work.dtype and not _all_finite(y):  # finite in float32, not in x.dtype
+        raise ValueError(_OVERFLOW)
+    return y.to(x.device)
+
+
+def _rotate_numpy(x: np.ndarray, Hk: np.ndarray, M: int, axis: int, backend: str,
+                  pre, post) -> np.ndarray:
+    """The "reference" and "numba" tiers on a checked numpy array."""
+    xm = np.moveaxis(x, axis, -1)
     if backend == "numba":
-        y = _apply_numba(xm, Hk, M, pre, post)
+        y = _apply_numba(xm, Hk, M, pre, post)        # checks NaN/Inf and overflow inline
     else:
         if pre is not None:
             xm = _scale_along(xm, pre, -1)
         with np.errstate(over="ignore", invalid="ignore"):    # overflow: our own error below
-            y = _transform_torch(xm, Hk, M) if is_t else _transform_reference(xm, Hk, M)
+            y = _transform_reference(xm, Hk, M)
         if post is not None:
             y = _scale_along(y, post, -1)
-        if not _finite_sum(y):
-            raise ValueError(_OVERFLOW)
-    y = move(y, -1, axis)
-    return y.contiguous() if is_t else np.ascontiguousarray(y)
+        _check_result(x, y)
+    return np.ascontiguousarray(np.moveaxis(y, -1, axis))
+
+
+def _rotate_torch(x, Hk: np.ndarray, M: int, axis: int, pre, post):
+    """The "torch" tier on a checked tensor: any device and floating dtype (computed in
+    that dtype), differentiable; one host read-back per call (see _check_result)."""
+    xm = torch.movedim(x, axis, -1)
+    if pre is not None:
+        xm = _scale_along(xm, pre, -1)
+    y = _transform_torch(xm, Hk, M)
+    if post is not None:
+        y = _scale_along(y, post, -1)
+    _check_result(x, y)
+    return torch.movedim(y, -1, axis).contiguous()
 
 
 def _apply_numba(xm: np.ndarray, Hk: np.ndarray, M: int, pre, post) -> np.ndarray:
@@ -503,8 +635,16 @@ def _apply_numba(xm: np.ndarray, Hk: np.ndarray, M: int, pre, post) -> np.ndarra
 #       numpy's default_rng(seed) as s = 1 - 2 * integers(0, 2, n). Stored as (n, seed)
 #       plus the construction name and a SHA-256 of s, checked on reload.
 #   RandomOrthogonal(n, seed): the explicit fallback for any n: R = Q from the QR
-#       factorization G = Q R of a Gaussian matrix from default_rng(seed), with the
-#       columns' signs fixed so diag(R) > 0 (this makes Q Haar-distributed).
+#       factorization G = Q R of a Gaussian matrix G from default_rng(seed), with the
+#       columns' signs fixed so diag(R) > 0 (this makes Q Haar-distributed, and unique:
+#       a full-rank G has exactly one such Q). Stored as (n, seed) plus a SHA-256 of G.
+#
+# What the checksums protect against: a numpy whose random stream for the seed differs
+# (another bit generator, sampling algorithm or version), which would silently rebuild a
+# different rotation than the one folded into stored weights. They hash what the seed
+# determines exactly: the signs, and the bytes of G (little-endian float64). They do not
+# hash Q: the QR's rounding differs between LAPACK/BLAS builds (by ~1e-15, harmless since
+# Q itself is unique), so a hash of Q, even rounded, could report a false mismatch.
 # ----------------------------------------------------------------------------------------
 
 def random_signs(n: int, seed: int) -> np.ndarray:
@@ -518,9 +658,7 @@ def _signs_digest(s: np.ndarray) -> str:
 
 
 def _check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    return int(seed)
+    return _as_int(seed, "seed", 0)
 
 
 def _scale_along(x, s: np.ndarray, axis: int):
@@ -532,19 +670,57 @@ def _scale_along(x, s: np.ndarray, axis: int):
     return x * s.astype(x.dtype).reshape(shape)
 
 
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _check_stored(d, kind: str, layouts: dict[int, tuple[str, ...]]) -> None:
+    """Check a stored rotation dict: its kind, a known integer version, and for that
+    version every key in ``layouts[version]`` present with the right type. Raises a
+    ValueError naming the problem (never a bare KeyError)."""
+    if not isinstance(d, dict):
+        raise ValueError(f"a stored rotation must be a dict, got {type(d).__name__}")
+    if d.get("kind") != kind:
+        raise ValueError(f"not a {kind!r} rotation dict: kind is {d.get('kind')!r}")
+    version = d.get("version")
+    if type(version) is not int or version not in layouts:      # not True, 1.0 or "1"
+        raise ValueError(f"unsupported {kind!r} rotation dict version {version!r} "
+                         f"(this code reads versions {sorted(layouts)})")
+    for key in layouts[version]:
+        if key not in d:
+            raise ValueError(f"stored {kind!r} rotation dict (version {version}) lacks the "
+                             f"key {key!r}: {d!r}")
+        value = d[key]
+        if key in ("n", "seed"):
+            try:
+                _as_int(value, f"stored {key!r}", 1 if key == "n" else 0)
+            except ValueError as err:
+                raise ValueError(f"{err} (in the {kind!r} rotation dict)") from None
+        elif key == "construction" and not isinstance(value, str):
+            raise ValueError(f"stored 'construction' must be a string, got {value!r}")
+        elif key.endswith("_sha256") and not (isinstance(value, str)
+                                                and _SHA256.fullmatch(value)):
+            raise ValueError(f"stored {key!r} must be 64 lowercase hex digits, got {value!r}")
+
+
 class RandomizedHadamard:
     """R = H_n diag(s): forward x -> H_n (s * x), inverse y -> s * (H_n^T y).
 
-    Raises the clear ValueError of :func:`hadamard` for an unsupported n; use
-    :func:`make_rotation` with ``fallback="orthogonal"`` to opt into the dense fallback.
+    Raises the clear ValueError of :func:`hadamard` for an unsupported n (and for
+    n > MAX_ORDER); use :func:`make_rotation` with ``fallback="orthogonal"`` to opt into
+    the dense fallback. ``forward``/``inverse`` take the backends of
+    :func:`hadamard_transform`.
     """
 
     kind = "randomized_hadamard"
 
     def __init__(self, n: int, seed: int):
-        self.n = int(n)
+        self.n = _as_int(n, "Hadamard order", 1)
         self.seed = _check_seed(seed)
-        self.construction = construction(n)          # raises for unsupported n
+        if self.n > MAX_ORDER:
+            raise ValueError(f"RandomizedHadamard(n={self.n}): n is larger than MAX_ORDER = "
+                             f"{MAX_ORDER}; no weight dimension is that large (its signs "
+                             f"alone would take {8 * self.n / 2**30:.0f} GiB)")
+        self.construction = construction(self.n)     # raises for unsupported n
         self.signs = random_signs(self.n, self.seed)
 
     def forward(self, x, axis: int = -1, backend: str | None = None):
@@ -554,8 +730,10 @@ class RandomizedHadamard:
         return _rotate(y, self.n, axis, backend, True, None, self.signs)
 
     def matrix(self) -> np.ndarray:
-        """Dense R = H_n diag(s), float64 (for checks; n^2 memory)."""
-        return hadamard(self.n) * self.signs[None, :]
+        """Dense R = H_n diag(s), float64 (for checks; n^2 memory, n <= MAX_DENSE_ORDER)."""
+        R = hadamard(self.n)
+        R *= self.signs[None, :]
+        return R
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "version": 1, "n": self.n, "seed": self.seed,
@@ -563,7 +741,7 @@ class RandomizedHadamard:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RandomizedHadamard":
-        _check_kind(d, cls.kind)
+        _check_stored(d, cls.kind, {1: ("n", "seed", "construction", "signs_sha256")})
         rot = cls(d["n"], d["seed"])
         if rot.construction != d["construction"]:
             raise ValueError(f"stored construction {d['construction']!r} differs from this "
@@ -577,36 +755,70 @@ class RandomizedHadamard:
         return f"RandomizedHadamard(n={self.n}, seed={self.seed}, {self.construction})"
 
 
-def random_orthogonal(n: int, seed: int) -> np.ndarray:
-    """Haar-random orthogonal n x n matrix (float64) from default_rng(seed)."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
-    G = np.random.default_rng(_check_seed(seed)).standard_normal((n, n))
+def _check_dense_order(n, what: str) -> int:
+    n = _as_int(n, "n", 1)
+    if n > MAX_DENSE_ORDER:
+        raise ValueError(f"{what}(n={n}) would build a dense {n} x {n} matrix; the dense "
+                         f"fallback is limited to n <= MAX_DENSE_ORDER = {MAX_DENSE_ORDER}")
+    return n
+
+
+def _gaussian(n: int, seed: int) -> np.ndarray:
+    """The n x n standard normal matrix G that seeds RandomOrthogonal(n, seed)."""
+    return np.random.default_rng(seed).standard_normal((n, n))
+
+
+def _orthogonal_from_gaussian(G: np.ndarray) -> np.ndarray:
+    """The Q of G = Q R with diag(R) > 0 (Householder QR, then flip columns' signs)."""
     Q, R = np.linalg.qr(G)
     return Q * np.where(np.diag(R) < 0, -1.0, 1.0)[None, :]
 
 
+def _gaussian_digest(G: np.ndarray) -> str:
+    return hashlib.sha256(np.asarray(G, dtype="<f8").tobytes()).hexdigest()
+
+
+def random_orthogonal(n: int, seed: int) -> np.ndarray:
+    """Haar-random orthogonal n x n matrix (float64) from default_rng(seed)."""
+    n = _check_dense_order(n, "random_orthogonal")
+    return _orthogonal_from_gaussian(_gaussian(n, _check_seed(seed)))
+
+
 class RandomOrthogonal:
-    """The explicit fallback for any n: a dense seeded random orthogonal R (O(n^2) per
-    vector). All backends do the same dense product (numpy's BLAS for "reference" and
-    "numba": a jitted loop would only be slower; torch.matmul for "torch")."""
+    """The explicit fallback for any n <= MAX_DENSE_ORDER: a dense seeded random
+    orthogonal R (O(n^2) per vector).
+
+    Every backend computes the same dense product with the library of the input: numpy's
+    matmul (BLAS) for a numpy array, torch.matmul for a tensor, so a tensor keeps its
+    device, dtype and gradients whatever the backend (there is no faster algorithm for a
+    dense R to tier, so ``backend`` is only checked for validity). NaN/Inf input and an
+    overflowing result raise ValueError, as for :class:`RandomizedHadamard`.
+    """
 
     kind = "random_orthogonal"
+    _CONSTRUCTION = "qr(gaussian)"
 
     def __init__(self, n: int, seed: int):
-        self.n, self.seed = int(n), _check_seed(seed)
-        self._Q = random_orthogonal(self.n, self.seed)
-        self.construction = "qr(gaussian)"
+        self.n = _check_dense_order(n, "RandomOrthogonal")
+        self.seed = _check_seed(seed)
+        G = _gaussian(self.n, self.seed)
+        self.gaussian_sha256 = _gaussian_digest(G)
+        self._Q = _orthogonal_from_gaussian(G)
+        self.construction = self._CONSTRUCTION
 
     def _apply(self, x, Q: np.ndarray, axis: int, backend: str | None):
         if backend is not None and backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        x = _check_input(x, self.n, axis)
+        x, axis = _check_input(x, self.n, axis)
         if _is_torch(x):
             Qt = torch.as_tensor(Q, dtype=x.dtype, device=x.device)
-            return torch.movedim(torch.movedim(x, axis, -1) @ Qt.T, -1, axis).contiguous()
-        y = np.moveaxis(x, axis, -1) @ Q.T.astype(x.dtype)
-        return np.ascontiguousarray(np.moveaxis(y, -1, axis))
+            y = torch.movedim(torch.movedim(x, axis, -1) @ Qt.T, -1, axis).contiguous()
+        else:
+            with np.errstate(over="ignore", invalid="ignore"):  # overflow: our own error
+                y = np.moveaxis(x, axis, -1) @ Q.T.astype(x.dtype)
+            y = np.ascontiguousarray(np.moveaxis(y, -1, axis))
+        _check_result(x, y)
+        return y
 
     def forward(self, x, axis: int = -1, backend: str | None = None):
         return self._apply(x, self._Q, axis, backend)
@@ -618,26 +830,32 @@ class RandomOrthogonal:
         return self._Q.copy()
 
     def to_dict(self) -> dict:
-        digest = hashlib.sha256(np.round(self._Q, 6).tobytes()).hexdigest()
-        return {"kind": self.kind, "version": 1, "n": self.n, "seed": self.seed,
-                "construction": self.construction, "matrix_sha256": digest}
+        """Version 2 (since the checksum moved from Q to G; version 1 is still read)."""
+        return {"kind": self.kind, "version": 2, "n": self.n, "seed": self.seed,
+                "construction": self.construction, "gaussian_sha256": self.gaussian_sha256}
 
     @classmethod
     def from_dict(cls, d: dict) -> "RandomOrthogonal":
-        _check_kind(d, cls.kind)
+        _check_stored(d, cls.kind, {1: ("n", "seed", "construction", "matrix_sha256"),
+                                    2: ("n", "seed", "construction", "gaussian_sha256")})
+        if d["construction"] != cls._CONSTRUCTION:
+            raise ValueError(f"stored construction {d['construction']!r} is not this "
+                             f"version's {cls._CONSTRUCTION!r}")
         rot = cls(d["n"], d["seed"])
-        if rot.to_dict()["matrix_sha256"] != d["matrix_sha256"]:
-            raise ValueError("the matrix drawn from the stored seed does not match the "
-                             "stored checksum (different numpy random stream or LAPACK?)")
+        if d["version"] == 2 and rot.gaussian_sha256 != d["gaussian_sha256"]:
+            raise ValueError("the Gaussian matrix drawn from the stored seed does not match "
+                             "the stored checksum (different numpy random stream?)")
+        if d["version"] == 1:         # legacy: a hash of Q rounded to 6 decimals
+            legacy = hashlib.sha256(np.round(rot._Q, 6).tobytes()).hexdigest()
+            if legacy != d["matrix_sha256"]:
+                raise ValueError("the matrix drawn from the stored seed does not match the "
+                                 "stored version-1 checksum (of Q rounded to 6 decimals: a "
+                                 "different numpy random stream, or only a different "
+                                 "LAPACK's rounding; re-save with version 2)")
         return rot
 
     def __repr__(self) -> str:
         return f"RandomOrthogonal(n={self.n}, seed={self.seed})"
-
-
-def _check_kind(d: dict, kind: str) -> None:
-    if not isinstance(d, dict) or d.get("kind") != kind or d.get("version") != 1:
-        raise ValueError(f"not a version-1 {kind!r} rotation dict: {d!r}")
 
 
 def make_rotation(n: int, seed: int, fallback: str | None = None):
@@ -817,30 +1035,48 @@ class RotatedResidualBlock(torch.nn.Module):
 #       1 for a flat matrix (all |W_ij| equal), up to sqrt(mn) for a single spike.
 #   Excess kurtosis E[(w - mean)^4] / var^2 - 3 of all entries (0 for a Gaussian).
 #   Uniformity on the sphere: cut W (row-major, i.e. along the input dimension) into
-#       groups of L consecutive weights and normalise each group to unit length: v = w / ||w||. If v is uniform on S^{L-1},
-#       every v_i^2 ~ Beta(1/2, (L-1)/2). We report the Kolmogorov-Smirnov distance
-#       between the empirical law of all v_i^2 and that Beta law.
+#       groups of L consecutive weights and normalise each group to unit length:
+#       v = w / ||w||. If v is uniform on S^{L-1}, every v_i^2 ~ Beta(1/2, (L-1)/2).
+#       We report the Kolmogorov-Smirnov distance between the empirical law of all
+#       v_i^2 and that Beta law.
 # ----------------------------------------------------------------------------------------
 
-def _as_float64(W) -> np.ndarray:
+def _stat_input(W) -> np.ndarray:
+    """W (numpy or torch, any real dtype) as a non-empty, finite float64 array."""
     if _is_torch(W):
-        W = W.detach().cpu().numpy()
-    return np.asarray(W, dtype=np.float64)
+        if W.is_complex():
+            raise TypeError(f"expected a real numeric tensor, got dtype {W.dtype}")
+        W = W.detach().cpu().to(torch.float64).numpy()      # also bfloat16, on any device
+    W = np.asarray(W)
+    if W.dtype.kind not in "biuf":
+        raise TypeError(f"expected a real numeric array, got dtype {W.dtype}")
+    W = W.astype(np.float64, copy=False)
+    if W.size == 0:
+        raise ValueError(f"expected a non-empty array, got shape {W.shape}")
+    if not np.isfinite(W).all():
+        raise ValueError("W contains NaN or Inf")
+    return W
 
 
 def incoherence(W) -> float:
     """mu(W) = max|W_ij| sqrt(mn) / ||W||_F."""
-    W = _as_float64(W)
+    W = _stat_input(W)
     if W.ndim != 2 or not np.any(W):
         raise ValueError(f"expected a non-zero 2-D matrix, got shape {W.shape}")
-    return float(np.abs(W).max() * math.sqrt(W.size) / np.linalg.norm(W))
+    A = np.abs(W)
+    return float(math.sqrt(W.size) / np.linalg.norm(A / A.max()))   # scaled: no overflow
 
 
 def excess_kurtosis(W) -> float:
     """Excess kurtosis of all entries (0 for a Gaussian, -1.2 for a uniform law)."""
-    w = _as_float64(W).ravel()
-    w2 = (w - w.mean()) ** 2
-    return float(np.mean(w2 * w2) / np.mean(w2) ** 2 - 3.0)
+    w = _stat_input(W).ravel()
+    w = w / max(np.abs(w).max(), 1.0)           # the mean of huge values cannot overflow
+    d = w - w.mean()
+    spread = np.abs(d).max()
+    if spread == 0:
+        raise ValueError("excess kurtosis is undefined for constant input (zero variance)")
+    d2 = (d / spread) ** 2                      # scale-free; d^4 cannot under/overflow
+    return float(np.mean(d2 * d2) / np.mean(d2) ** 2 - 3.0)
 
 
 def sphere_coordinates(W, group: int = 128) -> np.ndarray:
@@ -850,19 +1086,24 @@ def sphere_coordinates(W, group: int = 128) -> np.ndarray:
     when the row length is not a multiple of ``group`` (576 = 4.5 * 128) some groups span
     the end of one row and the start of the next. All-zero groups are skipped.
     """
-    W = _as_float64(W)
+    group = _as_int(group, "group", 1)
+    W = _stat_input(W)
     if W.size % group:
         raise ValueError(f"W has {W.size} entries, not a multiple of group={group}")
     G = W.reshape(-1, group)
-    norms = np.linalg.norm(G, axis=1, keepdims=True)
-    keep = norms[:, 0] > 0
-    return ((G[keep] / norms[keep]) ** 2).ravel()
+    peak = np.abs(G).max(axis=1)
+    G = G[peak > 0] / peak[peak > 0, None]      # skip zero groups; scale: no overflow
+    return ((G / np.linalg.norm(G, axis=1, keepdims=True)) ** 2).ravel()
 
 
 def beta_law_ks(W, group: int = 128) -> float:
     """KS distance between the law of the v_i^2 and Beta(1/2, (group-1)/2)."""
     from scipy import stats
+    group = _as_int(group, "group", 2)           # group = 1: every v_1^2 = 1, no Beta law
     v2 = np.sort(sphere_coordinates(W, group))
+    if v2.size == 0:
+        raise ValueError("every group of W is zero: no directions to compare with the "
+                         "Beta law")
     cdf = stats.beta(0.5, (group - 1) / 2).cdf(v2)
     i = np.arange(1, v2.size + 1)
     return float(max(np.max(i / v2.size - cdf), np.max(cdf - (i - 1) / v2.size)))
