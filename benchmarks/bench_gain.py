@@ -21,10 +21,9 @@ import argparse
 import os
 import time
 
-os.environ.setdefault("NUMBA_NUM_THREADS", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("MKL_NUM_THREADS", "1")
+if __name__ == "__main__":     # one thread, set before numpy/torch load (not when imported)
+    for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -59,10 +58,11 @@ def measure(repeats: int = 3, seed: int = 0) -> list[dict]:
                 X = torch.from_numpy(W) if backend == "torch" else W
                 G = X.reshape(-1, L)
                 Q = gain.quantize(X, cfg, backend)
-                t = {"quantize_dequantize": best_time(lambda: gain.quantize_dequantize(X, cfg, backend), repeats),
-                     "quantize": best_time(lambda: gain.quantize(X, cfg, backend), repeats),
-                     "dequantize": best_time(lambda: gain.dequantize(Q, backend), repeats),
-                     "search only": best_time(lambda: pyramid.search_batch(G, cfg.K, backend=backend), repeats)}
+                runs = {"quantize_dequantize": lambda: gain.quantize_dequantize(X, cfg, backend),
+                        "quantize": lambda: gain.quantize(X, cfg, backend),
+                        "dequantize": lambda: gain.dequantize(Q, backend),
+                        "search only": lambda: pyramid.search_batch(G, cfg.K, backend=backend)}
+                t = {name: best_time(fn, repeats) for name, fn in runs.items()}
                 results.append({"n": n, "L": L, "K": cfg.K, "backend": backend,
                                 **{k: W.size / v for k, v in t.items()}})
         return results

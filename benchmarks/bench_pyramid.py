@@ -2,9 +2,10 @@
 
     .venv/bin/python benchmarks/bench_pyramid.py [--scale 1.0] [--save]
 
-One thread (NUMBA_NUM_THREADS=1, torch.set_num_threads(1)). Gaussian groups, L in {8, 32,
-128}, K = k_for_rate(L, r) for r in {2, 3, 4} bits per weight. Each cell is the best of
-3 runs over a fixed batch; the reference tier gets a smaller batch (it is ~100x slower).
+One thread when run as a script (NUMBA_NUM_THREADS=1, torch.set_num_threads(1)). Gaussian
+groups, L in {8, 32, 128}, K = k_for_rate(L, r) for r in {2, 3, 4} bits per weight. Each
+cell is the best of 3 runs over a fixed batch; the reference tier gets a smaller batch (it
+is ~100x slower).
 Rates are weights per CPU-second of this process (best of 3), with wall-clock rates beside
 them: on a shared machine the two differ. Prints a markdown table and the targets at
 L = 128, 3 bpw. ``--save`` records the run in ``benchmarks/results/pyramid.json`` (see
@@ -14,7 +15,9 @@ L = 128, 3 bpw. ``--save`` records the run in ``benchmarks/results/pyramid.json`
 import argparse
 import os
 
-os.environ["NUMBA_NUM_THREADS"] = "1"
+if __name__ == "__main__":     # one thread, set before numba/torch load (not when imported)
+    for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
 
 import time  # noqa: E402
 
@@ -23,8 +26,6 @@ import torch  # noqa: E402
 
 import record  # noqa: E402
 from pvqref import pyramid as P  # noqa: E402
-
-torch.set_num_threads(1)
 
 WEIGHTS = {"reference": 1 << 13, "numba": 1 << 19, "torch": 1 << 16}   # weights per batch
 
@@ -82,7 +83,8 @@ def measure_all(scale: float = 1.0, progress=None) -> list[dict]:
 
 def table_header() -> str:
     return ("| L | bpw | K | index bits | tier | search+encode (M w/s) | decode (M w/s) "
-            "| wall: search+encode | wall: decode |\n|---:|---:|---:|---:|:---|---:|---:|---:|---:|")
+            "| wall: search+encode | wall: decode |\n"
+            "|---:|---:|---:|---:|:---|---:|---:|---:|---:|")
 
 
 def table_row(r: dict) -> str:
@@ -102,7 +104,8 @@ def targets(rows: list[dict]) -> str:
     rse, rde = at["reference"]["search_encode"], at["reference"]["decode"]
     return "\n".join([
         "Targets at L = 128, 3 bpw, one thread (M w/s from CPU time):",
-        f"- numba search+encode {se / 1e6:.2f} M w/s (target >= 5): {'met' if se >= 5e6 else 'MISSED'}",
+        f"- numba search+encode {se / 1e6:.2f} M w/s (target >= 5): "
+        f"{'met' if se >= 5e6 else 'MISSED'}",
         f"- numba decode {de / 1e6:.2f} M w/s (target >= 20): {'met' if de >= 20e6 else 'MISSED'}",
         f"- numba / reference: search+encode {se / rse:.0f}x, decode {de / rde:.0f}x "
         f"(target >= 50x): {'met' if min(se / rse, de / rde) >= 50 else 'MISSED'}"])
@@ -114,6 +117,7 @@ def main():
     parser.add_argument("--save", action="store_true",
                         help="record the run in benchmarks/results/pyramid.json")
     args = parser.parse_args()
+    torch.set_num_threads(1)
     load = os.getloadavg()[0]
     print(f"load average at start: {load:.2f} on {os.cpu_count()} cores\n")
     print(table_header())

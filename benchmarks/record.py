@@ -46,7 +46,8 @@ def save(name: str, rows: list[dict], settings: dict, load_at_start: float) -> P
     record = {"format": FORMAT, "version": VERSION, "benchmark": name,
               "date": datetime.date.today().isoformat(),
               "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
-              "settings": settings, "machine": {**machine(), "load_average_at_start": load_at_start},
+              "settings": settings,
+              "machine": {**machine(), "load_average_at_start": load_at_start},
               "rows": rows}
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
