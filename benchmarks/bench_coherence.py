@@ -13,7 +13,6 @@ in ``benchmarks/results/coherence.json`` (see ``record.py``), which the chapter 
 
 import argparse
 import os
-import time
 
 if __name__ == "__main__":     # one thread, set before numpy/torch load (not when imported)
     for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -23,22 +22,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import record  # noqa: E402
+from record import best_time  # noqa: E402
 from pvqref import coherence as coh  # noqa: E402
 
 SIZES = (576, 1536, 4096)
 # (out, in) of the linear layer whose input has size n, for the cost comparison:
 # SmolLM2 q_proj (576 -> 576) and down_proj (1536 -> 576), Llama-2-7B q_proj (4096 -> 4096).
 LINEAR_SHAPES = {576: (576, 576), 1536: (576, 1536), 4096: (4096, 4096)}
-
-
-def best_time(fn, repeats: int) -> float:
-    fn()                                     # warm-up (and Numba compilation)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def measure(rows: int = 8192, repeats: int = 5, sizes=SIZES, seed: int = 0) -> list[dict]:

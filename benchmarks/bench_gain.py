@@ -19,7 +19,6 @@ Prints a markdown table: best of ``repeats`` runs, in thousands of weights per s
 
 import argparse
 import os
-import time
 
 if __name__ == "__main__":     # one thread, set before numpy/torch load (not when imported)
     for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -29,20 +28,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import record  # noqa: E402
+from record import best_time  # noqa: E402
 from pvqref import gain, pyramid  # noqa: E402
 
 CASES = ((576, 144), (576, 288), (1536, 96), (1536, 192))
 ROWS = {"reference": 8, "torch": 64, "numba": 512}
-
-
-def best_time(fn, repeats: int) -> float:
-    fn()                                     # warm-up (and Numba compilation)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def measure(repeats: int = 3, seed: int = 0) -> list[dict]:

@@ -1,4 +1,5 @@
-"""Recorded benchmark results: ``benchmarks/results/<name>.json``, written atomically.
+"""Recorded benchmark results (``benchmarks/results/<name>.json``, written atomically), and
+the timing helper the benchmark scripts share.
 
 A benchmark script run with ``--save`` records its rows here together with what they
 were measured on (CPU, cores, load average, library versions, date, command line). The
@@ -15,11 +16,23 @@ import os
 import platform
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FORMAT = "pvqref-benchmark"
 VERSION = 1
+
+
+def best_time(fn, repeats: int) -> float:
+    """Best wall-clock seconds of ``repeats`` runs of fn, after one warm-up run."""
+    fn()                                     # warm-up (and Numba compilation)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
 
 
 def machine() -> dict:
