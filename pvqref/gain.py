@@ -418,8 +418,7 @@ def config_for_rate(L: int, shape, bpw: float, gain_bits: int, **kw) -> PVQConfi
     None if not even K = 1 fits."""
     m, n = _check_shape(shape)
     side = PVQConfig(L, 1, gain_bits, **kw)
-    if n % L or L >= n:
-        raise ValueError(f"group size L={L} must divide the row length n={n} and be smaller")
+    _check_group_size(L, n)
     if isinstance(bpw, bool) or not isinstance(bpw, (int, float, np.integer, np.floating)) \
             or not math.isfinite(bpw) or bpw <= 0:
         raise ValueError(f"bpw must be a positive finite number, got {bpw!r}")
@@ -433,6 +432,16 @@ def config_for_rate(L: int, shape, bpw: float, gain_bits: int, **kw) -> PVQConfi
     return PVQConfig(L, K, gain_bits, **kw) if K >= 1 else None
 
 
+def _check_group_size(L: int, n: int) -> None:
+    """L must divide the row length n and be smaller than it."""
+    if n % L:
+        raise ValueError(f"row length n={n} is not divisible by the group size L={L}: L must "
+                         f"divide n (choose L among the divisors of n)")
+    if L >= n:
+        raise ValueError(f"group size L={L} must be smaller than the row length n={n}, and "
+                         f"divide it (the gain is coded relative to the row norm)")
+
+
 def _check_matrix(W, L: int):
     """Validate W (numpy or torch, 2-D, real, finite) against group size L; return (m, n)."""
     shape = tuple(getattr(W, "shape", ()))
@@ -441,12 +450,7 @@ def _check_matrix(W, L: int):
     m, n = shape
     if m < 1 or n < 1:
         raise ValueError(f"the weight matrix is empty: shape {shape}")
-    if n % L:
-        raise ValueError(f"row length n={n} is not divisible by the group size L={L}; "
-                         f"choose L among the divisors of n")
-    if L >= n:
-        raise ValueError(f"group size L={L} must be smaller than the row length n={n} "
-                         f"(the gain is coded relative to the row norm)")
+    _check_group_size(L, n)
     if isinstance(W, torch.Tensor):
         if not W.is_floating_point():
             raise TypeError(f"expected a floating-point tensor, got {W.dtype}")
@@ -584,12 +588,22 @@ def coded_row_norms(W, config: PVQConfig, backend: str = "numba") -> np.ndarray:
     """The decoded row norms r_hat that :func:`quantize` uses for W (float64 numpy)."""
     _check_backend(backend)
     _check_matrix(W, config.L)
+    r_hat = _coded_norms(W, config.norm_bits, backend)[2]
+    return r_hat.cpu().numpy() if isinstance(r_hat, torch.Tensor) else r_hat
+
+
+def _as_torch(W) -> torch.Tensor:
+    """W as a tensor without grad (numpy input is wrapped, not copied)."""
+    return W.detach() if isinstance(W, torch.Tensor) else torch.from_numpy(np.asarray(W))
+
+
+def _coded_norms(W, norm_bits: int, backend: str):
+    """(stored, norm range, r_hat) for the row norms of a checked W on one tier (torch
+    tensors on the torch tier, numpy otherwise; the norm range is always numpy)."""
     if backend == "torch":
-        Wt = W.detach() if isinstance(W, torch.Tensor) else torch.from_numpy(np.asarray(W))
-        r = torch.linalg.vector_norm(Wt.to(torch.float64), dim=1)
-        return _norms_torch(r, config.norm_bits)[2].cpu().numpy()
-    r = _row_norms_numpy(W)
-    return _NORM_TIERS[backend](r, config.norm_bits)[2]
+        r = torch.linalg.vector_norm(_as_torch(W).to(torch.float64), dim=1)
+        return _norms_torch(r, norm_bits)
+    return _NORM_TIERS[backend](_row_norms_numpy(W), norm_bits)
 
 
 def _as_numpy(W) -> np.ndarray:
@@ -753,15 +767,12 @@ def _encode_core(W, config: PVQConfig, backend: str):
     cb = config.codebook(n)
     ls = config.gain_target == "ls"
     _warn_zero_groups(W, config.L)
+    stored, rng_, r_hat = _coded_norms(W, config.norm_bits, backend)
     if backend == "torch":
-        Wt = W.detach() if isinstance(W, torch.Tensor) else torch.from_numpy(np.asarray(W))
-        r = torch.linalg.vector_norm(Wt.to(torch.float64), dim=1)
-        stored, rng_, r_hat = _norms_torch(r, config.norm_bits)
-        G = Wt.to(torch.float64).reshape(-1, config.L)
+        G = _as_torch(W).to(torch.float64).reshape(-1, config.L)
         Y, codes = _groups_torch(G, r_hat.repeat_interleave(n // config.L), config.K,
                                  cb.thresholds, ls)
         return Y, codes, stored, rng_, r_hat
-    stored, rng_, r_hat = _NORM_TIERS[backend](_row_norms_numpy(W), config.norm_bits)
     G = np.ascontiguousarray(_as_numpy(W), dtype=np.float64).reshape(-1, config.L)
     rg = np.repeat(r_hat, n // config.L)
     Y, codes = _GROUP_TIERS[backend](G, rg, config.K, cb.thresholds, ls)

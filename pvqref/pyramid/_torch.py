@@ -25,7 +25,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from . import _check_LK, _check_table, count, n_limbs
+from . import _check_LK, _check_table, _refuse_beyond_K, count, n_limbs
 
 _MASK32 = 0xFFFFFFFF
 
@@ -228,10 +228,8 @@ def _check_Y(Y: torch.Tensor, K):
     # abs(-2**63) is -2**63 in int64: hence the A < 0.
     A = Y.abs()
     big = (A > K) | (A < 0)
-    if bool(big.any()):
-        g, c = (int(v) for v in big.nonzero()[0])
-        raise ValueError(f"row {g} of Y has |y| = {abs(int(Y[g, c]))} > K={K} at column {c}, "
-                         "so its L1 norm exceeds K (all groups of a batch share K)")
+    if bool(big.any()):                      # the NumPy tier words the error
+        _refuse_beyond_K(Y.cpu().numpy(), big.cpu().numpy(), K)
     norms = A.sum(dim=1)
     bad = norms != K
     if bool(bad.any()):
