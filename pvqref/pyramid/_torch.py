@@ -15,39 +15,23 @@ reference tier's, reorganised so that one tensor operation serves all groups at 
   table row M(l, 0..k-1) for j (multi-digit comparisons, most significant digit first).
 
 Index limbs are int64 tensors holding the bit patterns of the uint64 limbs (see
-``pvqref.pyramid``). Inputs given as NumPy arrays come back as NumPy arrays.
+``pvqref.pyramid``). The entry points take and return tensors (``pvqref.pyramid``
+converts NumPy input); the tables come from the reference tier's exact counts, so this
+tier runs without Numba.
 """
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import numpy as np
 import torch
 
-from . import _check_LK, _check_table, _refuse_beyond_K, count, n_limbs
+from .. import _checks
+from .reference import check_LK, check_table, count, count_table, limbs_to_ints, n_limbs
 
 _MASK32 = 0xFFFFFFFF
-
-
-def _as_tensor(obj, kinds: str, what: str):
-    """(tensor, came_from_numpy). NumPy input must have a dtype kind in ``kinds`` (else
-    ValueError "``what``, got <dtype>"); floats become float64, as on the NumPy tiers."""
-    if isinstance(obj, torch.Tensor):
-        return obj, False
-    a = np.asarray(obj)
-    if a.dtype.kind not in kinds:
-        raise ValueError(f"{what}, got {a.dtype}")
-    if a.dtype.kind == "f":
-        a = a.astype(np.float64, copy=False)
-    return torch.as_tensor(a), True
-
-
-def _back(t: torch.Tensor, to_numpy: bool, uint64: bool = False):
-    if not to_numpy:
-        return t
-    out = t.cpu().numpy()
-    return out.view(np.uint64) if uint64 else out
 
 
 # ---- search ---------------------------------------------------------------------------------
@@ -55,11 +39,9 @@ def _back(t: torch.Tensor, to_numpy: bool, uint64: bool = False):
 def _check_X(X: torch.Tensor) -> torch.Tensor:
     if X.ndim != 2 or X.shape[1] < 1:
         raise ValueError(f"X must be a (G, L) tensor of groups, got shape {tuple(X.shape)}")
-    if X.dtype == torch.bool or X.is_complex():
-        raise ValueError(f"X must be real (float or integer dtype), got {X.dtype}")
+    _checks.real_dtype(X, "X")
     X = X.to(torch.float64)
-    if not bool(torch.isfinite(X).all()):
-        raise ValueError("X contains NaN or Inf")
+    _checks.finite(X, "X")
     zero = ~(X != 0).any(dim=1)
     if bool(zero.any()):
         raise ValueError(f"group {int(zero.nonzero()[0, 0])} of X is all zeros: no direction")
@@ -79,7 +61,10 @@ def _scan_argmax(num, den):
 
 
 def _pulse_argmax(num, den, force_scan: bool = False):
-    """Per row, the index the reference scan would pick (vectorised, with exact fallback)."""
+    """Per row, the index the reference scan would pick, from float64 num and den: the
+    first index c of the largest num/den, accepted where c beats every j < c and no j > c
+    beats c in the reference's own comparisons (then the scan ends at c); the scan itself
+    for the rows where that fails."""
     G, L = num.shape
     idx = torch.arange(L, device=num.device)
     score = num / den
@@ -100,63 +85,111 @@ def _pulse_argmax(num, den, force_scan: bool = False):
     return c
 
 
-def _search(X: torch.Tensor, K: int, force_scan: bool = False) -> torch.Tensor:
+# thr = top (1 - 2^-19): see _numba.py for why a row with one float32 score >= thr has the
+# reference's choice there (the same float32 operations, correctly rounded on CPU and GPU).
+_KEEP = 1.0 - 2.0 ** -19
+_CHUNK = 1 << 19                             # weights per chunk of rows
+
+
+def _alone_above(s, idx):
+    """Per row of the float32 scores s (all >= 0, top >= 2^-30): (c, n), n the number of
+    j with s_j >= thr = fl32(top (1 - 2^-19)) and c their index sum (the index when n = 1).
+
+    Float ops only (torch's float reductions are its fast ones): with t the float just
+    below thr, s_j >= thr iff s_j - t > 0, and a float difference is 0 only for equal
+    floats, so sign(max(s_j - t, 0)) is the exact 0/1 indicator. Its row sum and its
+    product with j = 0..L-1 are sums of small integers, exact in float32."""
+    top = s.amax(dim=1)
+    t = ((top * _KEEP).view(torch.int32) - 1).view(torch.float32)
+    w = s.sub_(t[:, None]).clamp_(min=0).sign_()        # reuses s: not needed afterwards
+    return (w @ idx).to(torch.int64), w.sum(dim=1)
+
+
+def _greedy(ax, y, xy, yy, left, force_scan):
+    """Add the remaining pulses of a chunk of rows in place (y, xy, yy), all rows at once.
+
+    Each pulse scores every candidate in float32; rows whose top score is not alone above
+    thr (near-ties, about 3% per pulse at L = 128) are settled in float64 by
+    ``_pulse_argmax``. Rows that are done take the step with weight 0."""
+    G, L = ax.shape
+    a32 = ax.to(torch.float32)
+    d32 = (2 * y + 1).to(torch.float32)      # 2 y_j + 1, exact
+    s = torch.empty_like(a32)
+    den = torch.empty_like(a32)
+    idx = torch.arange(L, dtype=torch.float32, device=ax.device)
+    for step in range(int(left.max()) if G else 0):
+        torch.add(a32, xy.to(torch.float32)[:, None], out=s)
+        s.mul_(s)
+        torch.add(d32, yy.to(torch.float32)[:, None], out=den)
+        s.div_(den)
+        c, n = _alone_above(s, idx)
+        bad = n != 1
+        if force_scan:
+            bad = torch.ones_like(bad)
+        if bool(bad.any()):
+            r = bad.nonzero()[:, 0]
+            t = xy[r, None] + ax[r]
+            c[r] = _pulse_argmax(t * t, yy[r, None] + 2.0 * y[r].to(torch.float64) + 1.0,
+                                 force_scan)
+        c = c[:, None]
+        inc = (left > step).to(torch.int64)[:, None]   # 0 for rows already done
+        yc = y.gather(1, c)
+        xy += (ax.gather(1, c) * inc)[:, 0]           # + 0.0 leaves xy >= 0 unchanged
+        yy += ((2 * yc + 1) * inc)[:, 0].to(torch.float64)
+        y.scatter_add_(1, c, inc)
+        d32.scatter_add_(1, c, 2.0 * inc.to(torch.float32))
+
+
+def _search(X: torch.Tensor, K: int, force_scan: bool = False, out=None) -> torch.Tensor:
     G, L = X.shape
     dev = X.device
-    A = X.abs()
-    ax = A / A.amax(dim=1, keepdim=True)
     y = torch.zeros((G, L), dtype=torch.int64, device=dev)
-    if K > L // 2:                           # projection, sums left to right
-        s = torch.zeros(G, dtype=torch.float64, device=dev)
+    rows = max(1, _CHUNK // L)
+    for s0 in range(0, G, rows):
+        A = X[s0:s0 + rows].abs()
+        ax = A / A.amax(dim=1, keepdim=True)
+        yc = y[s0:s0 + rows]
+        g = len(ax)
+        if K > L // 2:                       # projection, sums left to right
+            s = torch.zeros(g, dtype=torch.float64, device=dev)
+            for j in range(L):
+                s += ax[:, j]
+            rcp = torch.full_like(s, K + 0.8) / s
+            yc.copy_(torch.floor(ax * rcp[:, None]).to(torch.int64))
+            yc[yc.sum(dim=1) > K] = 0
+        xy = torch.zeros(g, dtype=torch.float64, device=dev)
         for j in range(L):
-            s = s + ax[:, j]
-        rcp = torch.full_like(s, K + 0.8) / s
-        y = torch.floor(ax * rcp[:, None]).to(torch.int64)
-        y[y.sum(dim=1) > K] = 0
-    xy = torch.zeros(G, dtype=torch.float64, device=dev)
-    for j in range(L):
-        xy = xy + ax[:, j] * y[:, j].to(torch.float64)
-    yy = (y * y).sum(dim=1).to(torch.float64)  # exact integers: order does not matter
-    left = K - y.sum(dim=1)
-    rows = torch.arange(G, device=dev)
-    n_steps = int(left.max()) if G else 0
-    for step in range(n_steps):
-        act = rows[left > step]
-        t = xy[act, None] + ax[act]
-        yf = y[act].to(torch.float64)
-        den = yy[act, None] + 2.0 * yf + 1.0
-        c = _pulse_argmax(t * t, den, force_scan)
-        xy[act] = xy[act] + ax[act, c]
-        yy[act] = yy[act] + (2.0 * yf[torch.arange(len(act), device=dev), c] + 1.0)
-        y[act, c] += 1
-    return torch.where(X < 0, -y, y)
+            xy += ax[:, j] * yc[:, j].to(torch.float64)
+        yy = (yc * yc).sum(dim=1).to(torch.float64)   # exact integers: order does not matter
+        _greedy(ax, yc, xy, yy, K - yc.sum(dim=1), force_scan)
+    return torch.where(X < 0, -y, y, out=out) if out is not None else torch.where(X < 0, -y, y)
 
 
-def search_batch(X, K: int, backend: str = "torch", force_scan: bool = False):
-    from . import search_batch as np_search_batch
-    X, to_numpy = _as_tensor(X, "iuf", "X must be real (float or integer dtype)")
-    if backend != "torch":                   # torch tensor into a NumPy tier
-        Xc = X.detach().cpu()
-        if Xc.dtype.is_floating_point:       # bf16 has no NumPy dtype; float64 holds every
-            Xc = Xc.to(torch.float64)        # fp16/bf16/fp32 exactly (and is what they use)
-        out = np_search_batch(Xc.numpy(), K, backend)
-        return torch.as_tensor(out, device=X.device)
+def search_batch(X: torch.Tensor, K: int, force_scan: bool = False, out=None) -> torch.Tensor:
+    """``search`` on every row of the tensor X; ``force_scan`` (for tests) settles every
+    pulse by the float64 path, and there always by the exact scan. ``out``: a (G, L) int64
+    tensor on X's device to write into."""
     X = _check_X(X)
-    _, K = _check_LK(X.shape[1], K)
-    return _back(_search(X, K, force_scan), to_numpy)
+    _, K = check_LK(X.shape[1], K)
+    return _search(X, K, force_scan, out)
 
 
-# ---- multi-digit helpers (32-bit digits in int64, least significant first) ------------------
+# ---- multi-digit numbers: int64 digits of b bits, least significant first -------------------
 
 @lru_cache(maxsize=8)
 def _digit_tables(L: int, K: int, device: str):
-    from ._numba import tables
-    N, M = tables(L, K)[:2]
-    def split(T):
-        lo, hi = T & np.uint64(_MASK32), T >> np.uint64(32)
-        d = np.stack([lo, hi], axis=-1).reshape(T.shape[0], T.shape[1], -1)
-        return torch.as_tensor(d.astype(np.int64), device=device)
-    return split(N), split(M)
+    """N(l, k) and M(l, k) = N(l, k) + N(l-1, k) (mod 2^(64 W)) for l <= L, k <= K, as one
+    (2, L+1, K+1, 2W) int64 tensor of 32-bit digits, from the reference's exact counts; and
+    the float64 values of M (exact counts, rows increasing in k, for ``searchsorted``)."""
+    N = count_table(L, K)
+    W = n_limbs(L, K)
+    mod = 1 << (64 * W)
+    M = [N[0]] + [[N[l][k] + N[l - 1][k] for k in range(K + 1)] for l in range(1, L + 1)]
+    raw = b"".join((v % mod).to_bytes(8 * W, "little") for T in (N, M) for row in T for v in row)
+    d = np.frombuffer(raw, dtype="<u4").astype(np.int64).reshape(2, L + 1, K + 1, 2 * W)
+    Mf = torch.tensor([[float(v) if v.bit_length() < 1024 else math.inf for v in row]
+                       for row in M], dtype=torch.float64)
+    return torch.as_tensor(d, device=device), Mf.to(device)
 
 
 def _normalize(v: torch.Tensor) -> torch.Tensor:
@@ -179,8 +212,8 @@ def _lex_lt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _sub(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a - b for normalised a >= b, borrows by look-ahead: digit i borrows exactly when the
-    nearest non-zero digit of a - b below i is negative."""
+    """a - b for normalised a >= b (32-bit digits), borrows by look-ahead: digit i borrows
+    exactly when the nearest non-zero digit of a - b below i is negative."""
     d = a - b
     pos = torch.arange(d.shape[-1], device=d.device).expand_as(d)
     last = torch.where(d != 0, pos, -1).cummax(dim=-1).values
@@ -200,16 +233,13 @@ def _limbs_to_digits(limbs: torch.Tensor) -> torch.Tensor:
 
 # ---- encode / decode -------------------------------------------------------------------------
 
-def _check_Y_dtype(Y: torch.Tensor):
-    if Y.dtype.is_floating_point or Y.is_complex() or Y.dtype == torch.bool:
-        raise ValueError(f"Y must have an integer dtype, got {Y.dtype}")
-
-
-def _check_Y(Y: torch.Tensor, K):
+def check_points(Y: torch.Tensor, K):
+    """(Y as int64, K): Y a (G, L) integer tensor of pyramid points of L1 norm K (K = row 0's
+    norm if None), checked on its device (TypeError, ValueError)."""
     if Y.ndim != 2 or Y.shape[1] < 1:
         raise ValueError(f"Y must be a (G, L) tensor of pyramid points, "
                          f"got shape {tuple(Y.shape)}")
-    _check_Y_dtype(Y)
+    _checks.integer_dtype(Y, "Y")
     L = Y.shape[1]
     if Y.dtype == torch.uint64:              # no uint64 compares in torch: read the bits as
         Y = Y.view(torch.int64)              # int64; entries >= 2**63 show as negative
@@ -220,16 +250,18 @@ def _check_Y(Y: torch.Tensor, K):
                              "beyond int64 and any K: not a pyramid point")
     Y = Y.to(torch.int64)                    # exact for every other integer dtype
     if K is None:                            # the batch's K: row 0's norm, in exact ints
-        _check_table(L, 0)
+        check_table(L, 0)
         K = sum(abs(v) for v in Y[0].tolist()) if len(Y) else 0
-    L, K = _check_LK(L, K)
-    _check_table(L, K)
+    L, K = check_LK(L, K)
+    check_table(L, K)
     # A point has |y_i| <= K; checking it first keeps the int64 norms exact (<= L K).
     # abs(-2**63) is -2**63 in int64: hence the A < 0.
     A = Y.abs()
     big = (A > K) | (A < 0)
-    if bool(big.any()):                      # the NumPy tier words the error
-        _refuse_beyond_K(Y.cpu().numpy(), big.cpu().numpy(), K)
+    if bool(big.any()):
+        g, c = (int(v) for v in big.nonzero()[0])
+        raise ValueError(f"row {g} of Y has |y| = {abs(int(Y[g, c]))} > K={K} at column {c}, "
+                         "so its L1 norm exceeds K (all groups of a batch share K)")
     norms = A.sum(dim=1)
     bad = norms != K
     if bool(bad.any()):
@@ -239,82 +271,101 @@ def _check_Y(Y: torch.Tensor, K):
     return Y, K
 
 
-def encode_batch(Y, K=None, backend: str = "torch"):
-    from . import encode_batch as np_encode_batch
-    Y, to_numpy = _as_tensor(Y, "iu", "Y must have an integer dtype")
-    if backend != "torch":
-        _check_Y_dtype(Y)                    # (bf16 etc. have no NumPy twin)
-        out = np_encode_batch(Y.detach().cpu().numpy(), K, backend)
-        return torch.as_tensor(out.view(np.int64), device=Y.device)
-    Y, K = _check_Y(Y, K)
+def encode_batch(Y: torch.Tensor, K: int, out=None) -> torch.Tensor:
+    """Ranks of the rows of Y (checked by ``check_points``) as (G, W) int64 limbs.
+
+    The contribution of coordinate p (see _numba.py) is N(l, k) - T(l, k - |y_p|), T = M
+    for y_p > 0 and N otherwise, k the pulses left before p: two gathers from one table.
+    All L of them are summed digit by digit (32-bit digits in int64: no overflow for
+    L < 2^30) and carried once."""
     G, L = Y.shape
-    Nd, Md = _digit_tables(L, K, str(Y.device))
-    D = Nd.shape[-1]
-    flatN, flatM = Nd.reshape(-1, D), Md.reshape(-1, D)
-    ls = (L - torch.arange(L, device=Y.device))[None, :]
-    out = torch.empty((G, D), dtype=torch.int64, device=Y.device)
-    chunk = max(1, (1 << 22) // (L * D))
-    for s in range(0, G, chunk):
-        y = Y[s:s + chunk]
+    T = _digit_tables(L, K, str(Y.device))[0]
+    D = T.shape[-1]
+    flat = T.reshape(-1, D)
+    half = (L + 1) * (K + 1)                 # rows of the N half; the M half follows
+    base = ((L - torch.arange(L, device=Y.device)) * (K + 1))[None, :]
+    out = torch.empty((G, D // 2), dtype=torch.int64, device=Y.device) if out is None else out
+    rows = max(1, (1 << 18) // (L * D))      # gathers of (rows, L, D) stay in cache
+    for s in range(0, G, rows):
+        y = Y[s:s + rows]
         a = y.abs()
         k_before = K - (a.cumsum(dim=1) - a)
-        hi = flatN[ls * (K + 1) + k_before]              # N(l, k)
-        rest = ls * (K + 1) + k_before - a
-        lo = torch.where((y > 0)[..., None], flatM[rest], flatN[rest])
-        out[s:s + chunk] = _normalize((hi - lo).sum(dim=1))
-    return _back(_digits_to_limbs(out), to_numpy, uint64=True)
+        hi = flat[base + k_before].sum(dim=1)                    # sum of N(l, k)
+        lo = flat[base + k_before - a + half * (y > 0)].sum(dim=1)
+        out[s:s + rows] = _digits_to_limbs(_normalize(hi - lo))
+    return out
 
 
-def decode_batch(indices, L: int, K: int, backend: str = "torch"):
-    from . import decode_batch as np_decode_batch, _to_numpy_limbs
-    if isinstance(indices, (list, tuple, range)):
-        from . import ints_to_limbs
-        indices = ints_to_limbs(indices, L, K)
-    if isinstance(indices, torch.Tensor):
-        I, to_numpy = indices, False
-    else:                                    # NumPy limbs, validated, as int64 bit patterns
-        I, to_numpy = torch.as_tensor(_to_numpy_limbs(indices).view(np.int64)), True
-    if backend != "torch":
-        out = np_decode_batch(_to_numpy_limbs(I), L, K, backend)
-        return torch.as_tensor(out, device=I.device)
-    L, K = _check_LK(L, K)
-    _check_table(L, K)
+def check_indices(I: torch.Tensor, L: int, K: int) -> torch.Tensor:
+    """(G, W) limb tensor (int64 bit patterns, or uint64) checked for (L, K): dtype, shape,
+    every index < N(L, K). Returns it as int64."""
     if I.dtype == torch.uint64:              # same 64-bit patterns
         I = I.view(torch.int64)
     W = n_limbs(L, K)
-    if I.ndim != 2 or I.shape[1] != W or I.dtype != torch.int64:
-        raise ValueError(f"indices for (L={L}, K={K}) must be a (G, {W}) int64 tensor of limbs, "
-                         f"got {tuple(I.shape)} {I.dtype}")
-    dev = I.device
-    Nd, Md = _digit_tables(L, K, str(dev))
-    i = _limbs_to_digits(I)
+    if I.dtype != torch.int64:
+        raise TypeError(f"index limbs must be uint64 (or int64 bit patterns), got {I.dtype}")
+    if I.ndim != 2 or I.shape[1] != W:
+        raise ValueError(f"indices for (L={L}, K={K}) must be a (G, {W}) tensor of limbs, "
+                         f"got shape {tuple(I.shape)}")
     top = count(L, K) - 1                                   # largest valid index
-    last = torch.tensor([(top >> (32 * d)) & _MASK32 for d in range(Nd.shape[-1])],
-                        dtype=torch.int64, device=dev)
-    bad = _lex_lt(last[None, :], i)
+    last = torch.tensor([(top >> (32 * d)) & _MASK32 for d in range(2 * W)],
+                        dtype=torch.int64, device=I.device)
+    bad = _lex_lt(last[None, :], _limbs_to_digits(I))
     if bool(bad.any()):
         g = int(bad.nonzero()[0, 0])
-        from . import limbs_to_ints
         raise ValueError(f"index {limbs_to_ints(I[g:g + 1])[0]} (group {g}) out of range "
                          f"for N({L}, {K}) = {count(L, K)}")
+    return I
+
+
+def _magnitude(Md_l, Mf_l, j, k, active, n_bisect):
+    """Per active row, the smallest m in [0, k) with M(l, m) >= j (exact; M(l, k-1) >= j).
+
+    A guess from float64 (``searchsorted`` on the increasing row M(l, .)), kept where the
+    exact digits confirm it, M(l, m-1) < j <= M(l, m); bisection for the rows where not
+    (ambiguous float64 values: rare but for indices on block boundaries)."""
+    D = j.shape[1]
+    if D < 32:                               # float64 holds up to 2^1024
+        pw = torch.tensor([2.0 ** (32 * d) for d in range(D)], dtype=torch.float64,
+                          device=j.device)
+        m = torch.minimum(torch.searchsorted(Mf_l, (j.to(torch.float64) * pw).sum(dim=1)),
+                          k - 1).clamp(min=0)
+        below = (m == 0) | _lex_lt(Md_l[(m - 1).clamp(min=0)], j)     # M(l, m-1) < j
+        ok = ~active | (~_lex_lt(Md_l[m], j) & below)
+        if bool(ok.all()):
+            return m
+    else:
+        m, ok = torch.zeros_like(k), torch.zeros_like(active)
+    lo, hi = torch.zeros_like(k), k.clone()             # bisect: first m with M(l,m) >= j
+    for _ in range(n_bisect):
+        mid = (lo + hi) // 2
+        below = _lex_lt(Md_l[mid], j) & (lo < hi)
+        lo, hi = torch.where(below, mid + 1, lo), torch.where(below | (lo == hi), hi, mid)
+    return torch.where(ok, m, lo)
+
+
+def decode_batch(I: torch.Tensor, L: int, K: int, out=None) -> torch.Tensor:
+    """Points (G, L) int64 of (G, W) int64 limb tensors (checked by ``check_indices``)."""
+    dev = I.device
+    T, Mf = _digit_tables(L, K, str(dev))
+    Nd, Md = T[0], T[1]
+    i = _limbs_to_digits(I)
     G = I.shape[0]
     k = torch.full((G,), K, dtype=torch.int64, device=dev)
-    y = torch.zeros((G, L), dtype=torch.int64, device=dev)
+    y = torch.zeros((G, L), dtype=torch.int64, device=dev) if out is None else out.zero_()
     n_bisect = max(1, K.bit_length())
     for p in range(L):
         l = L - p
         nonzero = ~_lex_lt(i, Nd[l - 1][k])                 # i >= N(l-1, k): |y_p| > 0
-        j = _sub(Nd[l][k], i)
-        lo, hi = torch.zeros_like(k), k.clone()             # bisect: first m with M(l,m) >= j
-        for _ in range(n_bisect):
-            mid = (lo + hi) // 2
-            below = _lex_lt(Md[l][mid], j) & (lo < hi)
-            lo, hi = torch.where(below, mid + 1, lo), torch.where(below | (lo == hi), hi, mid)
-        a = k - lo                                          # largest a with M(l, k-a) >= j
-        r = _sub(Md[l][k - a], j)
-        neg = ~_lex_lt(r, Nd[l - 1][k - a])
-        r = torch.where(neg[:, None], _sub(r, Nd[l - 1][k - a]), r)
+        if not bool(nonzero.any()):
+            continue
+        j = _sub(Nd[l][k], torch.where(nonzero[:, None], i, 0))
+        m = _magnitude(Md[l], Mf[l], j, torch.where(nonzero, k, 1), nonzero, n_bisect)
+        a = k - m                                           # largest a with M(l, k-a) >= j
+        r = _sub(Md[l][m], j)
+        neg = ~_lex_lt(r, Nd[l - 1][m])
+        r = torch.where(neg[:, None], _sub(r, Nd[l - 1][m]), r)
         y[:, p] = torch.where(nonzero, torch.where(neg, -a, a), 0)
         i = torch.where(nonzero[:, None], r, i)
         k = torch.where(nonzero, k - a, k)
-    return _back(y, to_numpy)
+    return y

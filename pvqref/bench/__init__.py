@@ -1,5 +1,9 @@
-"""Recorded benchmark results (``benchmarks/results/<name>.json``, written atomically), and
-the timing helper the benchmark scripts share.
+"""Benchmarks: their measurements, recorded runs (``benchmarks/results/<name>.json``,
+written atomically) and the tables the chapters render from them.
+
+``pvqref.bench.<chapter>`` holds each chapter's measurements (``measure``) and table;
+``benchmarks/bench_<chapter>.py`` are the thin command-line scripts that run them by hand
+(``make bench``, ``make bench-record``). Speed targets live here, never in timed asserts.
 
 A benchmark script run with ``--save`` records its rows here together with what they
 were measured on (CPU, cores, load average, library versions, date, command line). The
@@ -10,6 +14,7 @@ the notebooks are re-executed, as an nbval mismatch.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -19,7 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# Recorded runs live in the source checkout (benchmarks/results), or where $PVQREF_RESULTS says.
+RESULTS = Path(os.environ.get("PVQREF_RESULTS",
+                              Path(__file__).resolve().parents[2] / "benchmarks" / "results"))
 FORMAT = "pvqref-benchmark"
 VERSION = 1
 
@@ -81,7 +88,8 @@ def load(name: str) -> dict:
     path = RESULTS / f"{name}.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: record it with "
-                                f"`.venv/bin/python benchmarks/bench_{name}.py --save`")
+                                f"`.venv/bin/python benchmarks/bench_{name}.py --save`; "
+                                f"set $PVQREF_RESULTS if the results live elsewhere")
     record = json.loads(path.read_text())
     if record.get("format") != FORMAT or record.get("version") != VERSION:
         raise ValueError(f"{path} is not a {FORMAT} v{VERSION} record")
@@ -94,3 +102,16 @@ def describe(record: dict) -> str:
     return (f"recorded {record['date']} with `{record['command']}` on {m['cpu']} "
             f"({m['cores']} cores, load average {m['load_average_at_start']:.2f} at start), "
             f"torch {m['torch']}, numba {m['numba']}")
+
+
+
+def command_line(name: str, doc: str, argv=None, **options) -> tuple[argparse.Namespace, float]:
+    """Parse the command line every benchmark script shares: its own ``options``
+    (``flag=(type, default, help)``) and ``--save``; return the arguments and the load
+    average at the start, printed with the results and recorded with them."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    for flag, (kind, default, help_) in options.items():
+        parser.add_argument(f"--{flag}", type=kind, default=default, help=help_)
+    parser.add_argument("--save", action="store_true",
+                        help=f"record the run in benchmarks/results/{name}.json")
+    return parser.parse_args(argv), os.getloadavg()[0]

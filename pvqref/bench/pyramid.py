@@ -1,0 +1,249 @@
+"""Benchmark: throughput of pvqref.pyramid per tier (search+encode, decode; weights/s).
+
+    .venv/bin/python benchmarks/bench_pyramid.py [--scale 1.0] [--save]
+
+Chapter: The pyramid lattice (book/pyramid.ipynb), section on throughput.
+
+One thread when run as the script (NUMBA_NUM_THREADS=1, torch.set_num_threads(1)).
+
+Two tables. The throughput table: Gaussian
+groups, L in {8, 32, 128}, K = k_for_rate(L, r) for r in {2, 3, 4} bits per weight. Each
+cell is the best of 3 runs over a fixed batch; the reference tier gets a smaller batch (it
+is ~100x slower).
+Rates are weights per CPU-second of this process (best of 3), with wall-clock rates beside
+them: on a shared machine the two differ. Prints a markdown table and the targets at
+L = 128, 3 bpw. ``--save`` records the run in ``benchmarks/results/pyramid.json`` (see
+``pvqref.bench``), which the pyramid chapter renders.
+"""
+
+import argparse
+import os
+import time
+
+import numpy as np
+import torch
+
+from pvqref import bench
+from pvqref import pyramid as P
+
+WEIGHTS = {"reference": 1 << 13, "numba": 1 << 19, "torch": 1 << 16}   # weights per batch
+
+
+def best_times(f, repeats=3):
+    """Best wall-clock and best CPU (process) time of `repeats` runs. On a shared machine
+    the CPU time is the fairer one-thread figure: it excludes waiting for a free core."""
+    wall = cpu = float("inf")
+    for _ in range(repeats):
+        t, c = time.perf_counter(), time.process_time()
+        f()
+        wall = min(wall, time.perf_counter() - t)
+        cpu = min(cpu, time.process_time() - c)
+    return wall, cpu
+
+
+def measure(tier, L, K, scale):
+    G = max(2, int(WEIGHTS[tier] * scale) // L)
+    X = np.random.default_rng(L * 1000 + K).standard_normal((G, L))
+    if tier == "torch":
+        X = torch.as_tensor(X)
+    small = X[:2]                                   # warm-up: jit compile, tables
+    P.decode_batch(P.encode_batch(P.search_batch(small, K, tier), K, tier), L, K, tier)
+    box = {}
+
+    def search_encode():
+        box["Y"] = P.search_batch(X, K, backend=tier)
+        box["I"] = P.encode_batch(box["Y"], K, backend=tier)
+
+    t_se = best_times(search_encode)
+    t_de = best_times(lambda: P.decode_batch(box["I"], L, K, backend=tier))
+    Y = box["Y"]
+    assert (np.asarray(P.decode_batch(box["I"], L, K, backend=tier)) == np.asarray(Y)).all()
+    n = G * L
+    return n / t_se[1], n / t_de[1], n / t_se[0], n / t_de[0]   # CPU rates, then wall rates
+
+
+CASES = [(L, r) for L in (8, 32, 128) for r in (2, 3, 4)]
+
+
+def measure_all(scale: float = 1.0, progress=None) -> list[dict]:
+    """One row per (L, rate, tier): rates in weights per CPU-second and per wall second."""
+    def one(case, tier):
+        L, r = case
+        K = P.k_for_rate(L, r)
+        se, de, wse, wde = measure(tier, L, K, scale)
+        return {"L": L, "bpw": r, "K": K, "index_bits": P.bits(L, K), "tier": tier,
+                "search_encode": se, "decode": de, "wall_search_encode": wse, "wall_decode": wde}
+    return collect(CASES, P.BACKENDS, one, progress)
+
+
+def collect(cases, tiers, one, progress=None) -> list[dict]:
+    """The rows one(case, tier) for every case and tier, each passed to progress as made."""
+    rows = []
+    for case in cases:
+        for tier in tiers:
+            rows.append(one(case, tier))
+            if progress:
+                progress(rows[-1])
+    return rows
+
+
+def table_header() -> str:
+    return ("| L | bpw | K | index bits | tier | search+encode (M w/s) | decode (M w/s) "
+            "| wall: search+encode | wall: decode |\n"
+            "|---:|---:|---:|---:|:---|---:|---:|---:|---:|")
+
+
+def table_row(r: dict) -> str:
+    return (f"| {r['L']} | {r['bpw']} | {r['K']} | {r['index_bits']} | {r['tier']} "
+            f"| {r['search_encode'] / 1e6:.3g} | {r['decode'] / 1e6:.3g} "
+            f"| {r['wall_search_encode'] / 1e6:.3g} | {r['wall_decode'] / 1e6:.3g} |")
+
+
+def markdown(rows: list[dict], header=table_header, row=table_row) -> str:
+    """A recorded run's rows as a markdown table (the Opus-settings one: pass ``opus_header``,
+    ``opus_row``)."""
+    return "\n".join([header()] + [row(r) for r in rows])
+
+
+def targets(rows: list[dict]) -> str:
+    """The issue's targets at L = 128, 3 bpw, one thread (CPU-time rates)."""
+    at = {r["tier"]: r for r in rows if r["L"] == 128 and r["bpw"] == 3}
+    se, de = at["numba"]["search_encode"], at["numba"]["decode"]
+    rse, rde = at["reference"]["search_encode"], at["reference"]["decode"]
+    return "\n".join([
+        "Targets at L = 128, 3 bpw, one thread (M w/s from CPU time):",
+        f"- numba search+encode {se / 1e6:.2f} M w/s (target >= 5): "
+        f"{'met' if se >= 5e6 else 'MISSED'}",
+        f"- numba decode {de / 1e6:.2f} M w/s (target >= 20): {'met' if de >= 20e6 else 'MISSED'}",
+        f"- numba / reference: search+encode {se / rse:.0f}x, decode {de / rde:.0f}x "
+        f"(target >= 50x): {'met' if min(se / rse, de / rde) >= 50 else 'MISSED'}"])
+
+
+def table(rows: list[dict]):
+    """The recorded rows as a table for the chapter (pvqref.book.table)."""
+    from pvqref import book
+    head = ["L", "bpw", "K", "index bits", "tier", "search+encode (M w/s)", "decode (M w/s)",
+            "wall: search+encode", "wall: decode"]
+    keys = ["search_encode", "decode", "wall_search_encode", "wall_decode"]
+    return book.table(head, [[r["L"], r["bpw"], r["K"], r["index_bits"], r["tier"]]
+                             + [r[k] / 1e6 for k in keys] for r in rows],
+                      [None] * 5 + [".3g"] * 4)
+
+
+def summary(rows: list[dict]) -> str:
+    """What the recorded run says at L = 128, 3 bpw, one thread (CPU-time rates), for the
+    chapter: the Numba tier's rates and how many times the reference tier's they are."""
+    at = {r["tier"]: r for r in rows if r["L"] == 128 and r["bpw"] == 3}
+    se, de = at["numba"]["search_encode"], at["numba"]["decode"]
+    rse, rde = at["reference"]["search_encode"], at["reference"]["decode"]
+    return (f"At L = 128, 3 bpw, one thread: numba search+encode {se / 1e6:.2f} M weights/s, "
+            f"decode {de / 1e6:.1f} M weights/s; {se / rse:.0f}x and {de / rde:.0f}x the "
+            f"reference tier.")
+
+
+# ---- the Opus-settings table ----------------------------------------------------------------
+
+OPUS_SETTINGS = [(8, 36), (16, 12), (32, 7), (128, 187)]
+# Opus/CELT's C code on this machine, one pinned core, M weights/s, as recorded in issue 15:
+# (plain C search, SSE2 search, encode, decode); None where not measured.
+OPUS = {(8, 36): (70, 133, 263, 101), (16, 12): (46, 109, 319, 134),
+        (32, 7): (58, 168, 503, 252), (128, 187): (8.2, 50, None, None)}
+OPUS_WEIGHTS = {"numba": 1 << 19, "torch": 1 << 19}
+
+
+def measure_op(tier, L, K, scale, repeats=5):
+    """CPU-time rates (weights/s) of search, encode and decode alone, best of ``repeats``,
+    each writing into a preallocated ``out=`` buffer (no allocation in the timed call)."""
+    G = max(2, int(OPUS_WEIGHTS[tier] * scale) // L)
+    X = np.random.default_rng(L * 1000 + K).standard_normal((G, L))
+    if tier == "torch":
+        X = torch.as_tensor(X)
+    Y = P.search_batch(X, K, backend=tier)
+    I = P.encode_batch(Y, K, backend=tier)
+    P.decode_batch(I[:2], L, K, backend=tier)                      # warm-up (jit, tables)
+    oY, oD = (torch.empty_like(Y), torch.empty_like(Y)) if tier == "torch" else \
+        (np.empty_like(Y), np.empty_like(Y))
+    oI = torch.empty_like(I) if tier == "torch" else np.empty_like(I)
+    n = G * L
+    t_s = best_times(lambda: P.search_batch(X, K, backend=tier, out=oY), repeats)[1]
+    t_e = best_times(lambda: P.encode_batch(Y, K, backend=tier, out=oI), repeats)[1]
+    t_d = best_times(lambda: P.decode_batch(I, L, K, backend=tier, out=oD), repeats)[1]
+    assert (np.asarray(oD) == np.asarray(Y)).all() and (np.asarray(oY) == np.asarray(Y)).all()
+    return n / t_s, n / t_e, n / t_d
+
+
+def measure_opus_settings(scale: float = 1.0, progress=None) -> list[dict]:
+    """One row per (L, K, tier) of ``OPUS_SETTINGS``: search, encode, decode in weights per
+    CPU-second."""
+    def one(case, tier):
+        L, K = case
+        se, en, de = measure_op(tier, L, K, scale)
+        return {"L": L, "K": K, "index_bits": P.bits(L, K), "tier": tier,
+                "search": se, "encode": en, "decode": de}
+    return collect(OPUS_SETTINGS, ("numba", "torch"), one, progress)
+
+
+def opus_header() -> str:
+    return ("| (L, K) | index bits | tier | search (M w/s) | encode (M w/s) | decode (M w/s) "
+            "| Opus C / SSE2 search | Opus encode | Opus decode |\n"
+            "|:---|---:|:---|---:|---:|---:|---:|---:|---:|")
+
+
+def opus_row(r: dict) -> str:
+    c, sse, enc, dec = OPUS[(r["L"], r["K"])]
+    f = lambda v: "-" if v is None else f"{v:g}"
+    return (f"| ({r['L']}, {r['K']}) | {r['index_bits']} | {r['tier']} | {r['search'] / 1e6:.3g} "
+            f"| {r['encode'] / 1e6:.3g} | {r['decode'] / 1e6:.3g} | {f(c)} / {f(sse)} "
+            f"| {f(enc)} | {f(dec)} |")
+
+
+def opus_targets(rows: list[dict]) -> str:
+    """Issue 15's targets (CPU-time rates, one thread), each met or MISSED with numbers."""
+    at = {(r["L"], r["K"], r["tier"]): r for r in rows}
+    out = ["Targets of issue 15 (M w/s, CPU time, one thread):"]
+    def check(what, v, target):
+        out.append(f"- {what}: {v / 1e6:.1f} (target >= {target:.3g}): "
+                   f"{'met' if v >= target * 1e6 else 'MISSED'}")
+    for L, K in OPUS_SETTINGS:
+        nb, c = at[(L, K, "numba")], OPUS[(L, K)]
+        if L < 128:
+            check(f"({L},{K}) numba search, within 1.5x of Opus C {c[0]}", nb["search"], c[0] / 1.5)
+            check(f"({L},{K}) numba encode, within 2x of Opus {c[2]}", nb["encode"], c[2] / 2)
+            check(f"({L},{K}) numba decode, within 2x of Opus {c[3]}", nb["decode"], c[3] / 2)
+        else:
+            check(f"({L},{K}) numba search, within 2x of Opus SSE2 {c[1]}", nb["search"], 25)
+            check(f"({L},{K}) numba encode", nb["encode"], 60)
+            check(f"({L},{K}) numba decode", nb["decode"], 50)
+        tc = at[(L, K, "torch")]
+        for op in ("search", "encode", "decode"):
+            check(f"({L},{K}) torch CPU {op}, within 3x of numba", tc[op], nb[op] / 3e6)
+    return "\n".join(out)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=float, default=1.0, help="batch size multiplier")
+    parser.add_argument("--table", choices=("throughput", "opus", "both"), default="both",
+                        help="which table to measure (default both)")
+    parser.add_argument("--save", action="store_true",
+                        help="record the run in benchmarks/results/pyramid.json (and "
+                             "pyramid_opus_settings.json)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    if args.table in ("throughput", "both"):
+        run_table(args, "pyramid", table_header, table_row, measure_all, targets)
+    if args.table in ("opus", "both"):
+        run_table(args, "pyramid_opus_settings", opus_header, opus_row, measure_opus_settings,
+                  opus_targets)
+
+
+def run_table(args, name, header, row, measure_rows, check):
+    """Measure one table (printing rows as they come), its targets, and record it with --save."""
+    load = os.getloadavg()[0]
+    print(f"\nload average at start: {load:.2f} on {os.cpu_count()} cores\n")
+    print(header())
+    rows = measure_rows(args.scale, progress=lambda r: print(row(r), flush=True))
+    print(f"\nload average at end: {os.getloadavg()[0]:.2f}")
+    print(check(rows))
+    if args.save:
+        print("saved", bench.save(name, rows, {"scale": args.scale, "threads": 1}, load))

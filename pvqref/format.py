@@ -1,0 +1,179 @@
+"""The byte format of a PVQ-quantized matrix: what a file stores, bit for bit.
+
+One matrix of shape (m, n), quantized with a :class:`pvqref.gain.PVQConfig` (group size L,
+pulses K, gain bits, norm bits), is one little-endian bit stream, zero-padded to a whole
+byte and sealed with a checksum::
+
+    field           bits                     what
+    version         8                        FORMAT_VERSION (version 1 had no header)
+    norm range      64 (log-grid norms only) lo, hi as fp32: the row-norm grid's ends
+    indices         G * bits(L, K)           the pyramid index of every group, row-major
+    gain codes      G * gain_bits            the nearest gain level of every group
+    row norms       m * norm_bits            fp16 values (norm_bits = 16) or log-grid codes
+    padding         0..7                     zeros, to a whole byte
+    checksum        32                       CRC-32 of the schema, then of all the above
+
+with G = m n / L groups. Every field is written least significant bit first. The schema
+(format name, version, shape and every field of the config, as canonical JSON text) is not
+stored: like a file's schema it is known to the reader, and covering it with the checksum
+makes a reader with the wrong config or shape fail instead of decoding garbage. So the
+length is ceil(bits / 8) bytes, ``bits = config.bits(shape)``: the bits the quantizer
+accounts are exactly the bits written.
+
+:func:`to_bytes` writes a :class:`pvqref.gain.QuantizedMatrix` (``Q.to_bytes()`` is the
+same), :func:`from_bytes` reads one back (``pvqref.gain.from_bytes`` is the same).
+
+Chapter: Gain quantization (book/gain.ipynb), section "The complete quantizer and its
+bits". A later chapter extends this module from one matrix to a whole model.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+
+import numpy as np
+
+from . import _checks, pyramid
+
+FORMAT_VERSION = 2               # first byte of every stream; version 1 had no header
+VERSION_BITS = 8
+CHECKSUM_BITS = 32               # CRC-32 of the schema and the stream, the last 4 bytes
+NORM_RANGE_BITS = 64             # lo and hi, fp32 each (log-grid norms only)
+FP16_NORMS = 16                  # the norm_bits value meaning "fp16 row norms"
+
+
+def matrix_bits(norm_bits: int) -> int:
+    """Bits stored once per matrix: the version byte, the checksum, and the norm range for
+    log-grid norms (``norm_bits`` < 16).
+
+    Chapter: Gain quantization (book/gain.ipynb), "The complete quantizer and its bits"."""
+    return VERSION_BITS + CHECKSUM_BITS + (0 if norm_bits == FP16_NORMS else NORM_RANGE_BITS)
+
+
+def check_shape(shape) -> tuple[int, int]:
+    """``shape`` as (m, n), both positive integers (TypeError for 4.7 or a lone number).
+
+    Chapter: Gain quantization (book/gain.ipynb)."""
+    try:
+        m, n = shape
+    except (TypeError, ValueError):
+        raise TypeError(f"shape must be a pair (rows m, row length n), got {shape!r}") from None
+    return (_checks.integer(m, "shape[0] (rows m)", 1),
+            _checks.integer(n, "shape[1] (row length n)", 1))
+
+
+def schema(shape, config) -> bytes:
+    """The format a stream is read with, as canonical text (covered by its checksum).
+
+    Chapter: Gain quantization (book/gain.ipynb), "The complete quantizer and its bits"."""
+    return json.dumps({"format": "pvqref.gain", "version": FORMAT_VERSION,
+                       "shape": [int(v) for v in shape], "L": int(config.L), "K": int(config.K),
+                       "gain_bits": int(config.gain_bits), "gain_kind": config.gain_kind,
+                       "gain_target": config.gain_target, "norm_bits": int(config.norm_bits)},
+                      sort_keys=True).encode()
+
+
+def seal(payload: bytes, shape, config) -> bytes:
+    """payload + CRC-32(schema + payload), 4 bytes little-endian.
+
+    Chapter: Gain quantization (book/gain.ipynb), "The complete quantizer and its bits"."""
+    crc = zlib.crc32(payload, zlib.crc32(schema(shape, config)))
+    return payload + crc.to_bytes(CHECKSUM_BITS // 8, "little")
+
+
+def _uint_bits(values, b: int) -> np.ndarray:
+    """The b low bits of each value, least significant first, concatenated (uint8 0/1)."""
+    v = np.asarray(values, dtype=np.uint64)
+    return ((v[:, None] >> np.arange(b, dtype=np.uint64)) & np.uint64(1)).astype(np.uint8).ravel()
+
+
+def _bits_uint(bits: np.ndarray, b: int) -> np.ndarray:
+    """Inverse of :func:`_uint_bits`: (count,) uint64."""
+    if b == 0:
+        return np.zeros(0, dtype=np.uint64)
+    w = bits.reshape(-1, b).astype(np.uint64) << np.arange(b, dtype=np.uint64)
+    return w.sum(axis=1, dtype=np.uint64)
+
+
+def to_bytes(Q) -> bytes:
+    """The stream of a :class:`pvqref.gain.QuantizedMatrix` (checked first): the version
+    byte, the norm range (two fp32, log norms only), all indices (bits(L, K) each), all
+    gain codes (gain_bits each), all row norms (norm_bits each), zero-padded to a whole
+    byte, then the CRC-32 of the schema and all that (4 bytes); so
+    len = ceil(Q.bit_counts()['total'] / 8).
+
+    Chapter: Gain quantization (book/gain.ipynb)."""
+    Q.validate()
+    cfg = Q.config
+    idx = np.unpackbits(np.frombuffer(pyramid.pack_indices(Q.indices, cfg.L, cfg.K),
+                                      dtype=np.uint8), bitorder="little")
+    norms = Q.row_norms.view(np.uint16) if cfg.norm_bits == FP16_NORMS else Q.row_norms
+    parts = [_uint_bits([FORMAT_VERSION], VERSION_BITS),
+             _uint_bits(Q.norm_range.astype(np.float32).view(np.uint32), 32),
+             idx[:Q.n_groups * cfg.index_bits],
+             _uint_bits(Q.gain_codes, cfg.gain_bits),
+             _uint_bits(norms, cfg.norm_bits)]
+    return seal(np.packbits(np.concatenate(parts), bitorder="little").tobytes(), Q.shape, cfg)
+
+
+def _field_sizes(shape, config) -> list[int]:
+    """Bits of the version, norm range, indices, gain codes and row norms, in stream order."""
+    m, n = shape
+    if n % config.L:
+        raise ValueError(f"shape {shape} does not fit group size L={config.L}")
+    G = m * n // config.L
+    return [VERSION_BITS, 0 if config.norm_bits == FP16_NORMS else NORM_RANGE_BITS,
+            G * config.index_bits, G * config.gain_bits, config.norm_bits * m]
+
+
+def _payload(data, shape, config, total: int) -> bytes:
+    """The stream without its checksum, after checking the length, version and checksum."""
+    n_bytes = -(-total // 8) + CHECKSUM_BITS // 8
+    data = bytes(data)
+    if len(data) != n_bytes:
+        raise ValueError(f"shape {shape} with {config} needs {n_bytes} bytes, got {len(data)}")
+    if data[0] != FORMAT_VERSION:
+        raise ValueError(f"format version {data[0]} is not supported (this reader reads "
+                         f"version {FORMAT_VERSION})")
+    payload = data[:-(CHECKSUM_BITS // 8)]
+    if seal(payload, shape, config) != data:
+        raise ValueError(f"checksum mismatch: the bytes are corrupt, or were written with "
+                         f"another config or shape than {config} and {shape}")
+    return payload
+
+
+def from_bytes(data: bytes, shape, config):
+    """Inverse of :func:`to_bytes`: the :class:`pvqref.gain.QuantizedMatrix` of a stream
+    (the shape and config are the schema). ValueError for a wrong length, another format
+    version, a checksum that does not match (corrupt bytes, or another config or shape
+    than the writer's), non-zero padding or values the format cannot hold (Inf/NaN norms,
+    an inverted norm range, codes out of range).
+
+    Chapter: Gain quantization (book/gain.ipynb)."""
+    # pvqref.gain writes through this module (QuantizedMatrix.to_bytes), so the class it
+    # reads into is imported here, when a stream is read, not when this module loads.
+    from .gain.quantizer import QuantizedMatrix
+    m, n = check_shape(shape)
+    sizes = _field_sizes((m, n), config)
+    total = sum(sizes)                                # without the checksum
+    payload = _payload(data, (m, n), config, total)
+    stream = np.unpackbits(np.frombuffer(payload, dtype=np.uint8), bitorder="little")
+    if stream[total:].any():
+        raise ValueError("padding bits after the last row norm are not zero")
+    _, range_bits, idx_bits, gain_bits, norm_bits = np.split(stream[:total],
+                                                             np.cumsum(sizes)[:-1])
+    G = m * n // config.L
+    idx = np.packbits(idx_bits, bitorder="little").tobytes()
+    indices = pyramid.unpack_indices(idx, G, config.L, config.K)
+    codes = np.zeros(G, dtype=np.uint16) if config.gain_bits == 0 else \
+        _bits_uint(gain_bits, config.gain_bits).astype(np.uint16)
+    norms = _bits_uint(norm_bits, config.norm_bits).astype(np.uint16)
+    log_norms = config.norm_bits != FP16_NORMS
+    if not log_norms:
+        norms = norms.view(np.float16)
+    norm_range = _bits_uint(range_bits, 32).astype(np.uint32).view(np.float32) if log_norms \
+        else np.zeros(0, dtype=np.float32)
+    Q = QuantizedMatrix((m, n), config, norms, indices, codes, norm_range)
+    Q.validate()
+    return Q

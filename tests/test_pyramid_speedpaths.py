@@ -1,0 +1,98 @@
+"""The fast paths of pvqref.pyramid: float32 search filter, one-limb enumeration, out= buffers.
+
+The float32-scored search (``_numba._search_kernel``, ``_torch._greedy``) must return the
+reference's point bit for bit; the corpus below (about 20 s) mixes Gaussian and
+heavy-tailed groups, where the filter decides almost every pulse, with small-integer
+groups, where exact ties send pulses to the float64 near-tie path: 576,000 weights
+(24,000 per (L, K, kind); 27,248 groups) against the reference tier.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from pvqref import pyramid as P
+
+# the (L, K) of issue 15's table, and both sides of the one-limb / projection thresholds
+CORPUS = [(8, 36), (16, 12), (32, 7), (128, 187), (64, 33), (24, 200)]
+KINDS = ["gauss", "cauchy", "student2", "integer"]
+
+
+def corpus_groups(L, K, kind, G):
+    rng = np.random.default_rng([L, K, KINDS.index(kind)])
+    if kind == "gauss":
+        X = rng.standard_normal((G, L))
+    elif kind == "cauchy":
+        X = rng.standard_cauchy((G, L))
+    elif kind == "student2":
+        X = rng.standard_t(2, (G, L))
+    else:                                    # small integers: many exact ties
+        X = rng.integers(-3, 4, size=(G, L)).astype(np.float64)
+    X[:, 0] += (X == 0).all(axis=1)
+    return X
+
+
+@pytest.mark.parametrize("L,K", CORPUS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_fast_search_is_the_reference_on_a_corpus(L, K, kind):
+    G = 24000 // L                           # 24,000 weights per case, 6 x 4 cases
+    X = corpus_groups(L, K, kind, G)
+    ref = P.search_batch(X, K, backend="reference")
+    assert (P.search_batch(X, K, backend="numba") == ref).all()
+    Xt = torch.as_tensor(X[: max(4, G // 4)])
+    assert (P.search_batch(Xt, K, backend="torch").numpy() == ref[: len(Xt)]).all()
+
+
+@pytest.mark.parametrize("L,K", [(32, 7), (8, 36), (128, 187)])   # one limb, one, six
+def test_enumeration_paths_agree_with_the_reference(L, K):
+    X = corpus_groups(L, K, "gauss", 200)
+    Y = P.search_batch(X, K)
+    ints = [P.encode(y, K) for y in Y]
+    for tier in ("numba", "torch"):
+        Yin = torch.as_tensor(Y) if tier == "torch" else Y
+        I = P.encode_batch(Yin, K, backend=tier)
+        assert P.limbs_to_ints(I) == ints, tier
+        assert (np.asarray(P.decode_batch(I, L, K, backend=tier)) == Y).all(), tier
+
+
+@pytest.mark.parametrize("tier", P.BACKENDS)
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_out_buffers_are_written_and_returned(tier, kind):
+    L, K = 16, 12
+    X = corpus_groups(L, K, "gauss", 9)
+    ref = P.search_batch(X, K, backend="reference")
+    lim = P.encode_batch(ref, K, backend="reference")
+    if kind == "torch":
+        Xin, Yin, Iin = torch.as_tensor(X), torch.as_tensor(ref), torch.as_tensor(lim.view(np.int64))
+        oY, oI, oD = (torch.full((9, L), 7, dtype=torch.int64), torch.zeros((9, 1), dtype=torch.int64),
+                      torch.full((9, L), 7, dtype=torch.int64))
+    else:
+        Xin, Yin, Iin = X, ref, lim
+        oY, oI, oD = np.full((9, L), 7), np.zeros((9, 1), np.uint64), np.full((9, L), 7)
+    assert P.search_batch(Xin, K, backend=tier, out=oY) is oY
+    assert P.encode_batch(Yin, K, backend=tier, out=oI) is oI
+    assert P.decode_batch(Iin, L, K, backend=tier, out=oD) is oD
+    assert (np.asarray(oY) == ref).all() and (np.asarray(oD) == ref).all()
+    assert P.limbs_to_ints(oI) == P.limbs_to_ints(lim)
+
+
+@pytest.mark.parametrize("tier", ["numba", "torch"])
+def test_out_buffers_are_checked(tier):
+    L, K = 16, 12
+    X = corpus_groups(L, K, "gauss", 4)
+    Y = P.search_batch(X, K)
+    I = P.encode_batch(Y, K)
+    with pytest.raises(ValueError, match="shape"):
+        P.search_batch(X, K, backend=tier, out=np.empty((4, L + 1), np.int64))
+    with pytest.raises(TypeError, match="dtype int64"):
+        P.search_batch(X, K, backend=tier, out=np.empty((4, L), np.int32))
+    with pytest.raises(TypeError, match="NumPy array"):
+        P.search_batch(X, K, backend=tier, out=torch.empty((4, L), dtype=torch.int64))
+    with pytest.raises(TypeError, match="torch tensor"):
+        P.search_batch(torch.as_tensor(X), K, backend=tier, out=np.empty((4, L), np.int64))
+    with pytest.raises(TypeError, match="dtype uint64"):
+        P.encode_batch(Y, K, backend=tier, out=np.empty((4, 1), np.int64))
+    with pytest.raises(ValueError, match="contiguous"):
+        P.decode_batch(I, L, K, backend=tier, out=np.empty((L, 4), np.int64).T)
+    with pytest.raises(ValueError, match="shape"):
+        P.encode_batch(torch.as_tensor(Y), K, backend=tier, out=torch.empty((4, 2), dtype=torch.int64))
