@@ -108,8 +108,6 @@ def test_notebook_stores_the_outputs_of_every_cell(path):
                                           "stored outputs: run `make notebooks`")
 
 
-@pytest.mark.xfail(strict=False, reason="issue 16: the chapters are being brought in line; "
-                   "drop this mark once tools/check_prose_numbers.py reports nothing")
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_prose_numbers_come_from_the_outputs_or_a_source(path):
     """Every decimal and thousands-separated number in the prose is printed by a cell of the

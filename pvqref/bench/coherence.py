@@ -67,6 +67,15 @@ def markdown(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def table(results: list[dict]):
+    """The same table as :func:`markdown` (same columns and precision) as a
+    :func:`pvqref.book.table`, which renders as HTML in the chapter."""
+    from pvqref import book
+    return book.table(["n", "method", "vectors/s", "GB/s (fp32 in)"],
+                      [[r["n"], r["method"], r["vectors_per_s"], r["GB_per_s"]] for r in results],
+                      [None, None, ",.0f", ".2f"])
+
+
 def main(argv=None) -> None:
     args, load = bench.command_line("coherence", __doc__, argv,
                                     rows=(int, 8192, "rows per batch"),
