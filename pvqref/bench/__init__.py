@@ -20,9 +20,10 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from ..data import _atomic_write_bytes     # temp file, then rename: one writer for the project
 
 # Recorded runs live in the source checkout (benchmarks/results), or where $PVQREF_RESULTS says.
 RESULTS = Path(os.environ.get("PVQREF_RESULTS",
@@ -69,17 +70,8 @@ def save(name: str, rows: list[dict], settings: dict, load_at_start: float) -> P
               "settings": settings,
               "machine": {**machine(), "load_average_at_start": load_at_start},
               "rows": rows}
-    RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
-    fd, tmp = tempfile.mkstemp(dir=RESULTS, prefix=f"{name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _atomic_write_bytes(path, (json.dumps(record, indent=1) + "\n").encode())
     return path
 
 

@@ -213,8 +213,7 @@ def search_batch(X, K: int, backend: str = "auto", out=None):
     _, K = check_LK(X_n.shape[1], K)
     out = _check_out(out, X, X_n.shape)
     mod = _tiers.load(_PACKAGE, tier)
-    res = mod.search_batch(X_n, K) if tier == "reference" else \
-        mod.search_batch(X_n, K, out=_tier_out(out, tier))
+    res = mod.search_batch(X_n, K, out=_tier_out(out, tier))
     return _back(res, X, out=out)
 
 
@@ -240,8 +239,7 @@ def encode_batch(Y, K: int | None = None, backend: str = "auto", out=None):
     Y_n, K = _check_Y(_tiers.to_numpy(Y), K)
     out = _check_out(out, Y, (Y_n.shape[0], n_limbs(Y_n.shape[1], K)), limbs=True)
     mod = _tiers.load(_PACKAGE, tier)
-    res = mod.encode_batch(Y_n, K) if tier == "reference" else \
-        mod.encode_batch(Y_n, K, out=_tier_out(out, tier))
+    res = mod.encode_batch(Y_n, K, out=_tier_out(out, tier))
     return _back(res, Y, limbs=True, out=out)
 
 
@@ -267,6 +265,5 @@ def decode_batch(indices, L: int, K: int, backend: str = "auto", out=None):
     limbs = check_limbs(indices, L, K)
     out = _check_out(out, indices, (limbs.shape[0], L))
     mod = _tiers.load(_PACKAGE, tier)
-    res = mod.decode_batch(limbs, L, K) if tier == "reference" else \
-        mod.decode_batch(limbs, L, K, out=_tier_out(out, tier))
+    res = mod.decode_batch(limbs, L, K, out=_tier_out(out, tier))
     return _back(res, indices, out=out)

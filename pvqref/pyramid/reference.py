@@ -333,26 +333,35 @@ def exhaustive_search(x, K: int) -> np.ndarray:
 # with every index < N(L, K).
 # ---------------------------------------------------------------------------------------
 
-def search_batch(X: np.ndarray, K: int) -> np.ndarray:
+def _into(result: np.ndarray, out) -> np.ndarray:
+    """``result``, or copied into the caller's checked buffer ``out`` (the fast tiers'
+    signature)."""
+    if out is None:
+        return result
+    out[...] = result
+    return out
+
+
+def search_batch(X: np.ndarray, K: int, out=None) -> np.ndarray:
     """``search`` on every row of X: (G, L) int64.
 
     Chapter: The pyramid lattice (book/pyramid.ipynb)."""
-    return np.array([search(x, K) for x in X], dtype=np.int64).reshape(X.shape)
+    return _into(np.array([search(x, K) for x in X], dtype=np.int64).reshape(X.shape), out)
 
 
-def encode_batch(Y: np.ndarray, K: int) -> np.ndarray:
+def encode_batch(Y: np.ndarray, K: int, out=None) -> np.ndarray:
     """``encode`` of every row of Y, as (G, W) uint64 limbs.
 
     Chapter: The pyramid lattice (book/pyramid.ipynb)."""
-    return ints_to_limbs([encode(y, K) for y in Y], Y.shape[1], K)
+    return _into(ints_to_limbs([encode(y, K) for y in Y], Y.shape[1], K), out)
 
 
-def decode_batch(limbs: np.ndarray, L: int, K: int) -> np.ndarray:
+def decode_batch(limbs: np.ndarray, L: int, K: int, out=None) -> np.ndarray:
     """``decode`` of every index in (G, W) limbs: (G, L) int64.
 
     Chapter: The pyramid lattice (book/pyramid.ipynb)."""
-    return np.array([decode(i, L, K) for i in limbs_to_ints(limbs)],
-                    dtype=np.int64).reshape(len(limbs), L)
+    return _into(np.array([decode(i, L, K) for i in limbs_to_ints(limbs)],
+                          dtype=np.int64).reshape(len(limbs), L), out)
 
 
 # ---------------------------------------------------------------------------------------
