@@ -42,11 +42,13 @@ from dataclasses import dataclass
 
 import torch
 
-from . import _checks, baselines, gain, hessian
+from . import _checks, baselines, gain, hessian, quantized
 from .hessian import calibration
 
 METHODS = ("rtn", "gptq", "pvq", "pvq-fb", "pvq-h")
-ROTATIONS = (None, "input")
+HESSIAN_METHODS = ("gptq", "pvq-fb", "pvq-h")     # the ones that read H; rtn, pvq are data-free
+ROTATIONS = (None, "input", "residual")
+RESIDUAL_SEED = 10_000   # offset of the residual rotation's seed from ``seed``
 DEFAULT_L = 64          # PVQ group size: measured best or within 5% for feedback (chapter)
 DEFAULT_GAIN_BITS = 3
 
@@ -73,12 +75,13 @@ class LayerPlan:
 
 @dataclass(frozen=True)
 class LayerReport:
-    """One row of the report of :func:`quantize_model`."""
+    """One row of the report of :func:`quantize_model` (``proxy_loss`` None where no H
+    was collected: a data-free method without ``measure_loss``)."""
     name: str
     method: str
     shape: tuple
     bits_per_weight: float
-    proxy_loss: float
+    proxy_loss: float | None
     seconds: float
 
 
@@ -100,15 +103,36 @@ def layer_plan(method: str, bpw: float, shape, group: int = 128, L: int = DEFAUL
     return LayerPlan(method, None, None, cfg, rotation_seed)
 
 
-def quantize_layer(W: torch.Tensor, H: torch.Tensor, plan: LayerPlan, name: str = "layer"):
-    """The reconstruction of W (out, in) under ``plan`` against H (float64 tensors), in W's
-    original coordinates. Chapter: Hessian-aware PVQ (book/hessian.ipynb)."""
-    R = None
-    if plan.rotation_seed is not None:
+def rotation_of(plan: LayerPlan, n: int):
+    """The input rotation of a plan for n input columns (None without one)."""
+    if plan.rotation_seed is None:
+        return None
+    from . import coherence
+    return coherence.RandomizedHadamard(n, plan.rotation_seed)
+
+
+def rotate_problem(W: torch.Tensor, H: torch.Tensor, R):
+    """(W R^T, R H R^T): a layer and its Hessian in the coordinates of an input rotation R
+    (the proxy loss is the same in both). Chapter: Hessian-aware PVQ (book/hessian.ipynb)."""
+    from . import coherence
+    return (coherence.rotate_weight(W, R_in=R, backend="torch"),
+            coherence.rotate_weight(H, R_in=R, R_out=R, backend="torch"))
+
+
+def quantize_layer_rotated(W: torch.Tensor, H: torch.Tensor | None, plan: LayerPlan,
+                           name: str = "layer"):
+    """``(Q', R)``: the reconstruction Q' of W R^T (out, in) under ``plan`` against
+    R H R^T, in the rotated coordinates where it is coded, and the input rotation R (None:
+    no rotation, Q' is in W's own coordinates). H: float64 (in, in), None for the
+    data-free rtn and pvq. Chapter: Hessian-aware PVQ (book/hessian.ipynb)."""
+    if H is None and plan.method in HESSIAN_METHODS:
+        raise ValueError(f"method {plan.method!r} needs the Hessian of {name}")
+    R = rotation_of(plan, W.shape[1])
+    if R is not None and H is not None:
+        W, H = rotate_problem(W, H, R)
+    elif R is not None:
         from . import coherence
-        R = coherence.RandomizedHadamard(W.shape[1], plan.rotation_seed)
         W = coherence.rotate_weight(W, R_in=R, backend="torch")
-        H = coherence.rotate_weight(H, R_in=R, R_out=R, backend="torch")   # R H R^T
     if plan.method == "rtn":
         Q = torch.from_numpy(baselines.rtn_quantize_dequantize(W, plan.bits, plan.group))
     elif plan.method == "gptq":
@@ -118,61 +142,109 @@ def quantize_layer(W: torch.Tensor, H: torch.Tensor, plan: LayerPlan, name: str 
     else:
         Q = hessian.pvq_quantize(W, H, plan.pvq, feedback=True, name=name,
                                  search="hessian" if plan.method == "pvq-h" else "euclidean").Q
-    Q = Q.to(torch.float64)
+    return Q.to(torch.float64), R
+
+
+def quantize_layer(W: torch.Tensor, H: torch.Tensor | None, plan: LayerPlan,
+                   name: str = "layer"):
+    """The reconstruction of W (out, in) under ``plan`` against H, in W's original
+    coordinates: :func:`quantize_layer_rotated` with the rotation folded back (Q = Q' R).
+    Chapter: Hessian-aware PVQ (book/hessian.ipynb)."""
+    Q, R = quantize_layer_rotated(W, H, plan, name)
     return Q if R is None else R.inverse(Q, axis=1, backend="torch")
 
 
-def _quantize_readers(layer, prefix, H, readers, plan_of, reports):
-    """Quantize, in place, every linear layer in ``readers`` against their shared H."""
+def _quantize_readers(layer, prefix, H, readers, plan_of, reports, fold: bool):
+    """Quantize every linear layer in ``readers`` against their shared H: the weight
+    replaced in place (``fold``) or the layer by a QuantizedLinear in rotated coordinates,
+    the readers sharing one SharedInputRotation."""
+    shared = None
     for path in readers:
-        linear = calibration._module(layer, path)
+        linear = calibration.module(layer, path)
         W = linear.weight.detach().to(torch.float64)
         name = f"{prefix}.{path}"
         plan = plan_of(tuple(W.shape))
         start = time.perf_counter()
-        Q = quantize_layer(W, H, plan, name)
+        Q_rot, R = quantize_layer_rotated(W, H, plan, name)
+        Q = Q_rot if R is None else R.inverse(Q_rot, axis=1, backend="torch")
         seconds = time.perf_counter() - start
+        loss = None if H is None else hessian.proxy_loss(W, Q, H)
         reports.append(LayerReport(name, plan.method, tuple(W.shape),
-                                   plan.bits_per_weight(tuple(W.shape)),
-                                   hessian.proxy_loss(W, Q, H), seconds))
-        with torch.no_grad():
-            linear.weight.copy_(Q.to(linear.weight.dtype))
+                                   plan.bits_per_weight(tuple(W.shape)), loss, seconds))
+        if fold or R is None:
+            with torch.no_grad():
+                linear.weight.copy_(Q.to(linear.weight.dtype))
+            continue
+        shared = shared or quantized.SharedInputRotation(R)
+        bias = None if linear.bias is None else linear.bias.detach().clone()
+        new = quantized.QuantizedLinear(Q_rot.to(linear.weight.dtype), bias, shared)
+        parent, _, leaf = path.rpartition(".")
+        setattr(calibration.module(layer, parent), leaf, new)
 
 
-def quantize_model(model, method: str, bpw: float, calibration_windows: torch.Tensor,
+def quantize_model(model, method: str, bpw: float, calibration_windows: torch.Tensor | None,
                    seed: int = 0, group: int = 128, L: int = DEFAULT_L,
                    gain_bits: int = DEFAULT_GAIN_BITS, rotation: str | None = "input",
+                   measure_loss: bool = False, fold_rotations: bool = True,
                    inplace: bool = False, progress=None):
     """Quantize every linear layer of every decoder block of a LLaMA ``model`` with
     ``method`` (one of :data:`METHODS`) at ``bpw`` bits per weight, calibrating on
     ``calibration_windows`` (n, T) token ids (:func:`calibration.calibration_windows`).
-    ``rotation``: "input" (default, chosen by measurement: see the module docstring) or
-    None. Returns ``(quantized model, report)``: a copy unless ``inplace``, and one
+    ``rotation``: "input" (default, chosen by measurement: see the module docstring),
+    "residual" (QuaRot-style: the residual stream rotated once by
+    :func:`pvqref.coherence.rotate_llama_model` with seed ``seed`` + RESIDUAL_SEED, norm
+    weights folded, embeddings and head rotated; o_proj's and down_proj's inputs, outside
+    the residual stream, rotated on their input side) or None. Returns ``(quantized model, report)``: a copy unless ``inplace``, and one
     LayerReport per layer in model order. ``seed`` seeds the rotations: one per distinct
     input, input i (0..3, :data:`calibration.LLAMA_INPUTS`) of block b gets seed + 100 b + i,
     shared by the layers reading it; the rest is deterministic. ``progress(block, reports)``
-    is called after each block. Chapter: Hessian-aware PVQ (book/hessian.ipynb)."""
+    is called after each block. The data-free methods (rtn, pvq) run no calibration at all
+    (``calibration_windows`` may be None) unless ``measure_loss``, which collects every H
+    to report their proxy losses. ``fold_rotations=False`` keeps every rotated layer as a
+    :class:`pvqref.quantized.QuantizedLinear` (the weight as coded, in rotated coordinates,
+    and an online input rotation computed once per input for all its readers) instead of
+    folding R back into a dense weight; same function up to float rounding.
+    Chapter: Hessian-aware PVQ (book/hessian.ipynb)."""
     _checks.choice(method, "method", METHODS)
+    needs_h = method in HESSIAN_METHODS or bool(measure_loss)
+    if needs_h and calibration_windows is None:
+        raise ValueError(f"method {method!r} (or measure_loss) needs calibration windows")
     if rotation is not None:
         _checks.choice(rotation, "rotation", ROTATIONS[1:])
     seed = _checks.integer(seed, "seed", 0)
     if not inplace:
         model = copy.deepcopy(model)
+    if rotation == "residual":
+        from . import coherence
+        hidden = model.model.embed_tokens.weight.shape[1]
+        coherence.rotate_llama_model(model, coherence.RandomizedHadamard(
+            hidden, seed + RESIDUAL_SEED), backend="torch")
     reports: list[LayerReport] = []
-    inputs = calibration.first_block_inputs(model, calibration_windows)
+    inputs = calibration.first_block_inputs(model, calibration_windows) if needs_h else None
     for b, layer in enumerate(model.model.layers):
         for i, (_, path, readers) in enumerate(calibration.LLAMA_INPUTS):
-            rotation_seed = None if rotation is None else seed + 100 * b + i
+            rotation_seed = _input_rotation_seed(rotation, seed, b, i)
 
             def plan_of(shape, rotation_seed=rotation_seed):
                 return layer_plan(method, bpw, shape, group, L, gain_bits, rotation_seed)
 
-            H = calibration.input_second_moment(layer, inputs, path)
-            _quantize_readers(layer, f"model.layers.{b}", H, readers, plan_of, reports)
-        inputs = calibration.run_block(layer, inputs)
+            H = calibration.input_second_moment(layer, inputs, path) if needs_h else None
+            _quantize_readers(layer, f"model.layers.{b}", H, readers, plan_of, reports,
+                              fold_rotations)
+        if needs_h:
+            inputs = calibration.run_block(layer, inputs)
         if progress is not None:
             progress(b, reports)
     return model, reports
+
+
+def _input_rotation_seed(rotation, seed: int, block: int, i: int):
+    """The seed of the input-side rotation of input i of ``block``, or None: every input
+    with "input"; with "residual" only the two inputs outside the residual stream
+    (attention output, MLP hidden), the others being rotated by the residual rotation."""
+    if rotation is None or (rotation == "residual" and i in (0, 2)):
+        return None
+    return seed + 100 * block + i
 
 
 def mean_bits_per_weight(reports) -> float:

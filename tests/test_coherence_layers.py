@@ -91,6 +91,28 @@ def test_rotated_llama_blocks_leave_the_model_output_unchanged(with_head, with_f
     assert (after - before).abs().max() < 1e-6
 
 
+def test_rotated_residual_stream_leaves_the_model_output_unchanged():
+    import copy
+    model = _tiny_llama()
+    with torch.no_grad():
+        model.model.norm.weight.uniform_(0.5, 2.0)       # the head's fold is exercised too
+    ids = torch.randint(0, 50, (2, 9), generator=torch.Generator().manual_seed(1))
+    rotated = coh.rotate_llama_model(copy.deepcopy(model), coh.RandomizedHadamard(48, 4))
+    with torch.no_grad():
+        before, after = model(ids).logits, rotated(ids).logits
+    assert (after - before).abs().max() < 1e-6            # float32 RMSNorm, as above
+    assert not rotated.config.tie_word_embeddings
+    assert rotated.lm_head.weight.data_ptr() != rotated.model.embed_tokens.weight.data_ptr()
+    assert (rotated.model.norm.weight == 1).all()
+    # the embedding really is rotated: row e becomes R e
+    R = coh.RandomizedHadamard(48, 4)
+    torch.testing.assert_close(rotated.model.embed_tokens.weight,
+                               R.forward(model.model.embed_tokens.weight, axis=1,
+                                         backend="torch"))
+    with pytest.raises(ValueError, match="hidden size is 48"):
+        coh.rotate_llama_model(copy.deepcopy(model), coh.RandomizedHadamard(64, 4))
+
+
 def test_rotated_block_without_the_norm_fold_would_differ():
     # The fold is necessary: rotating readers and writers while keeping the RMSNorm
     # weights g in place changes the output, because diag(g) does not commute with R.

@@ -88,7 +88,8 @@ def test_perplexity_protocol(tiny):
 
 @pytest.mark.parametrize("method", pipeline.METHODS)
 def test_quantize_model_reports_every_layer(tiny, windows, method):
-    q, report = pipeline.quantize_model(tiny, method, 4.25, windows, group=32, L=16)
+    q, report = pipeline.quantize_model(tiny, method, 4.25, windows, group=32, L=16,
+                                        measure_loss=True)
     names = data.linear_weight_names(q.state_dict())
     assert [r.name + ".weight" for r in report] == names
     for r in report:
@@ -112,9 +113,67 @@ def test_original_model_is_untouched_and_runs_repeat(tiny, windows):
     assert [r.proxy_loss for r in ra] == [r.proxy_loss for r in rb]
 
 
+def test_residual_rotation_is_exact_before_quantization_and_seeded(tiny, windows):
+    from pvqref import coherence
+    import copy
+    rotated = coherence.rotate_llama_model(copy.deepcopy(tiny), coherence.RandomizedHadamard(
+        64, 7 + pipeline.RESIDUAL_SEED))
+    with torch.no_grad():
+        diff = (rotated(windows).logits - tiny(windows).logits).abs().max()
+    assert diff < 1e-4
+    a, ra = pipeline.quantize_model(tiny, "pvq-h", 4.25, windows, L=16, rotation="residual",
+                                    seed=7)
+    b, _ = pipeline.quantize_model(tiny, "pvq-h", 4.25, windows, L=16, rotation="residual",
+                                   seed=7)
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+    assert torch.equal(a.model.embed_tokens.weight, rotated.model.embed_tokens.weight)
+    assert len(ra) == 14 and all(r.bits_per_weight <= 4.25 for r in ra)
+    with pytest.raises(ValueError, match="rotation must be one of"):
+        pipeline.quantize_model(tiny, "rtn", 4.25, windows, rotation="output")
+
+
+@pytest.mark.parametrize("method", ["rtn", "pvq"])
+def test_data_free_methods_need_no_calibration(tiny, windows, method):
+    free, report = pipeline.quantize_model(tiny, method, 4.25, None, group=32, L=16)
+    measured, _ = pipeline.quantize_model(tiny, method, 4.25, windows, group=32, L=16,
+                                          measure_loss=True)
+    assert all(r.proxy_loss is None for r in report)
+    for k, v in free.state_dict().items():          # the same weights either way
+        assert torch.equal(v, measured.state_dict()[k]), k
+    with pytest.raises(ValueError, match="needs calibration windows"):
+        pipeline.quantize_model(tiny, "gptq", 4.25, None)
+
+
+@pytest.mark.parametrize("rotation", ["input", "residual"])
+def test_unfolded_rotations_compute_the_same_model_rotating_each_input_once(tiny, windows,
+                                                                           rotation):
+    from pvqref import quantized
+    folded, _ = pipeline.quantize_model(tiny, "pvq-h", 3.25, windows, L=16, rotation=rotation)
+    online, _ = pipeline.quantize_model(tiny, "pvq-h", 3.25, windows, L=16, rotation=rotation,
+                                        fold_rotations=False)
+    attn = online.model.layers[0].self_attn
+    assert isinstance(attn.o_proj, quantized.QuantizedLinear)
+    shared = {id(m): m for m in online.modules() if isinstance(m, quantized.SharedInputRotation)}
+    per_block = 4 if rotation == "input" else 2       # residual: only o's and down's inputs
+    assert len(shared) == per_block * len(online.model.layers)
+    before = {k: m.calls for k, m in shared.items()}
+    with torch.no_grad():
+        a, b = folded(windows).logits, online(windows).logits
+    assert (a - b).abs().max() < 1e-4
+    # one batched forward pass: each shared input is rotated once, not once per reader
+    assert all(m.calls - before[k] == 1 for k, m in shared.items())
+    torch.testing.assert_close(attn.o_proj.dense_weight(),
+                               folded.model.layers[0].self_attn.o_proj.weight)
+    if rotation == "input":                           # q, k, v share one rotation object
+        assert attn.q_proj.input_rotation is attn.k_proj.input_rotation is \
+            attn.v_proj.input_rotation
+
+
 def test_feedback_methods_lower_the_proxy_loss(tiny, windows):
     totals = {m: sum(r.proxy_loss for r in pipeline.quantize_model(
-        tiny, m, 3.25, windows, group=32, L=16)[1]) for m in ("rtn", "gptq", "pvq", "pvq-h")}
+        tiny, m, 3.25, windows, group=32, L=16, measure_loss=True)[1])
+        for m in ("rtn", "gptq", "pvq", "pvq-h")}
     assert totals["gptq"] < totals["rtn"]
     assert totals["pvq-h"] < totals["pvq"]
 
@@ -131,3 +190,17 @@ def test_layer_plan_bits_and_errors():
     with pytest.raises(ValueError, match="no PVQ configuration"):
         pipeline.layer_plan("pvq", 0.1, (64, 64), L=16)
     assert np.isfinite(plan.bits_per_weight((64, 64)))
+
+
+def test_block_hessians_and_channel_energy_match_the_sequential_collection(tiny, windows):
+    H = calibration.block_hessians(tiny, windows, 1)
+    inputs = calibration.run_block(tiny.model.layers[0],
+                                   calibration.first_block_inputs(tiny, windows))
+    for name, path, _ in calibration.LLAMA_INPUTS:
+        expected = calibration.input_second_moment(tiny.model.layers[1], inputs, path)
+        torch.testing.assert_close(H[name], expected, rtol=1e-6, atol=1e-9)
+    energy = calibration.channel_energy(tiny, windows, "mlp.down_proj")
+    assert energy.shape == (2, 128)
+    np.testing.assert_allclose(energy[1], torch.diagonal(H["mlp_hidden"]).numpy(), rtol=1e-6)
+    with pytest.raises(ValueError, match="block"):
+        calibration.block_hessians(tiny, windows, 2)

@@ -358,6 +358,17 @@ def test_batched_errors(tier):
         P.decode_batch([0], 0, 2, backend=tier)
 
 
+@pytest.mark.parametrize("Y, K", [([1, 1], None), ([[1, 1], [2, 1]], None),
+                                  ([[1, 3]], 2)])
+def test_bad_points_get_the_same_message_from_every_tier(Y, K):
+    messages = set()
+    for tier in ("numba", "torch"):
+        with pytest.raises(ValueError) as err:
+            P.encode_batch(as_input(np.array(Y, dtype=np.int64), tier), K, backend=tier)
+        messages.add(str(err.value))
+    assert len(messages) == 1, messages
+
+
 def test_scalar_errors():
     with pytest.raises(TypeError, match="integer dtype"):
         P.encode(np.array([1.5, 0.5]))

@@ -99,11 +99,13 @@ def describe(record: dict) -> str:
 
 def command_line(name: str, doc: str, argv=None, **options) -> tuple[argparse.Namespace, float]:
     """Parse the command line every benchmark script shares: its own ``options``
-    (``flag=(type, default, help)``) and ``--save``; return the arguments and the load
-    average at the start, printed with the results and recorded with them."""
+    (``flag=(type, default, help)`` or ``(type, default, help, choices)``) and ``--save``;
+    return the arguments and the load average at the start, printed with the results and
+    recorded with them."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
-    for flag, (kind, default, help_) in options.items():
-        parser.add_argument(f"--{flag}", type=kind, default=default, help=help_)
+    for flag, (kind, default, help_, *choices) in options.items():
+        parser.add_argument(f"--{flag}", type=kind, default=default, help=help_,
+                            choices=choices[0] if choices else None)
     parser.add_argument("--save", action="store_true",
                         help=f"record the run in benchmarks/results/{name}.json")
     return parser.parse_args(argv), os.getloadavg()[0]

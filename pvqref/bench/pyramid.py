@@ -16,7 +16,6 @@ L = 128, 3 bpw. ``--save`` records the run in ``benchmarks/results/pyramid.json`
 ``pvqref.bench``), which the pyramid chapter renders.
 """
 
-import argparse
 import os
 import time
 
@@ -221,25 +220,22 @@ def opus_targets(rows: list[dict]) -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", type=float, default=1.0, help="batch size multiplier")
-    parser.add_argument("--table", choices=("throughput", "opus", "both"), default="both",
-                        help="which table to measure (default both)")
-    parser.add_argument("--save", action="store_true",
-                        help="record the run in benchmarks/results/pyramid.json (and "
-                             "pyramid_opus_settings.json)")
-    args = parser.parse_args(argv)
+    args, load = bench.command_line(
+        "pyramid", __doc__, argv,
+        scale=(float, 1.0, "batch size multiplier"),
+        table=(str, "both", "which table to measure (pyramid.json, "
+               "pyramid_opus_settings.json or both)", ("throughput", "opus", "both")))
     torch.set_num_threads(1)
     if args.table in ("throughput", "both"):
-        run_table(args, "pyramid", table_header, table_row, measure_all, targets)
+        run_table(args, load, "pyramid", table_header, table_row, measure_all, targets)
     if args.table in ("opus", "both"):
-        run_table(args, "pyramid_opus_settings", opus_header, opus_row, measure_opus_settings,
-                  opus_targets)
+        run_table(args, os.getloadavg()[0], "pyramid_opus_settings", opus_header, opus_row,
+                  measure_opus_settings, opus_targets)
 
 
-def run_table(args, name, header, row, measure_rows, check):
-    """Measure one table (printing rows as they come), its targets, and record it with --save."""
-    load = os.getloadavg()[0]
+def run_table(args, load, name, header, row, measure_rows, check):
+    """Measure one table (printing rows as they come), its targets, and record it with --save
+    (``load``: the load average at its start)."""
     print(f"\nload average at start: {load:.2f} on {os.cpu_count()} cores\n")
     print(header())
     rows = measure_rows(args.scale, progress=lambda r: print(row(r), flush=True))

@@ -29,7 +29,8 @@ Contents, in reading order, and the file that holds each part:
 - ``layers.py``: rotating linear layers: :func:`rotate_weight`, :func:`unrotate_weight`,
   :func:`rotate_linear`, :class:`RotatedLinear`; a whole LLaMA decoder block with its
   RMSNorm weights folded (QuaRot-style): :func:`rotate_llama_block`,
-  :class:`RotatedResidualBlock`.
+  :class:`RotatedResidualBlock`; a whole model's residual stream:
+  :func:`rotate_llama_model`.
 - ``stats.py``: statistics for the chapter: :func:`incoherence`,
   :func:`excess_kurtosis`, :func:`sphere_coordinates`, :func:`beta_law_ks`.
 """
@@ -42,7 +43,8 @@ from .constructions import (MAX_BASE_ORDER, MAX_DENSE_ORDER, MAX_ORDER, base_ord
                             construction, construction_table, hadamard, is_supported,
                             paley1, paley2, quadratic_character, supported_sizes, sylvester)
 from .layers import (OnlineRotation, RotatedLinear, RotatedResidualBlock, rotate_linear,
-                     rotate_llama_block, rotate_weight, unrotate_weight)
+                     rotate_llama_block, rotate_llama_model, rotate_weight,
+                     unrotate_weight)
 from .rotations import (RandomizedHadamard, RandomOrthogonal, make_rotation,
                         random_orthogonal, random_signs, rotation_from_dict)
 from .stats import beta_law_ks, excess_kurtosis, incoherence, sphere_coordinates
@@ -56,6 +58,6 @@ __all__ = [
     "random_signs", "RandomizedHadamard", "RandomOrthogonal", "random_orthogonal",
     "make_rotation", "rotation_from_dict",
     "rotate_weight", "unrotate_weight", "rotate_linear", "OnlineRotation", "RotatedLinear",
-    "rotate_llama_block", "RotatedResidualBlock",
+    "rotate_llama_block", "rotate_llama_model", "RotatedResidualBlock",
     "incoherence", "excess_kurtosis", "sphere_coordinates", "beta_law_ks",
 ]

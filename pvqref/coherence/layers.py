@@ -132,6 +132,12 @@ def rotate_llama_block(layer, R_res, R_head=None, R_ffn=None, backend: str | Non
     Chapter: Spherical coherence processing (book/coherence.ipynb).
     """
     new = copy.deepcopy(layer)
+    _rotate_block_inplace(new, R_res, R_head, R_ffn, backend)
+    return new
+
+
+def _rotate_block_inplace(new, R_res, R_head, R_ffn, backend) -> None:
+    """The body of :func:`rotate_llama_block`, on ``new`` itself."""
     attn, mlp = new.self_attn, new.mlp
     with torch.no_grad():
         for norm, readers in ((new.input_layernorm, (attn.q_proj, attn.k_proj, attn.v_proj)),
@@ -151,7 +157,30 @@ def rotate_llama_block(layer, R_res, R_head=None, R_ffn=None, backend: str | Non
                                                      backend=backend))
     if R_ffn is not None:
         mlp.down_proj = torch.nn.Sequential(OnlineRotation(R_ffn), mlp.down_proj)
-    return new
+
+
+def rotate_llama_model(model, R_res, backend: str | None = "auto"):
+    """Rotate a transformers LlamaForCausalLM's residual stream in place (QuaRot-style,
+    same function, no online transform): every embedding row e -> R e; every decoder block
+    as :func:`rotate_llama_block` (norm weights folded into the readers, readers W R^T,
+    writers R W); the final norm's weight folded into the LM head, whose input is then
+    rotated too (W diag(g) R^T). Tied embeddings are untied (the head now differs from the
+    embedding). Returns the model. Chapter: Hessian-aware PVQ (book/hessian.ipynb)."""
+    core = model.model
+    if R_res.n != core.embed_tokens.weight.shape[1]:
+        raise ValueError(f"the residual rotation has n={R_res.n} but the model's hidden size "
+                         f"is {core.embed_tokens.weight.shape[1]}")
+    with torch.no_grad():
+        head = model.lm_head.weight.detach() * core.norm.weight.detach()[None, :]
+        head = rotate_weight(head, R_in=R_res, backend=backend)
+        core.embed_tokens.weight.copy_(rotate_weight(core.embed_tokens.weight.detach(),
+                                                     R_in=R_res, backend=backend))
+        model.lm_head.weight = torch.nn.Parameter(head.contiguous())
+        core.norm.weight.fill_(1.0)
+    model.config.tie_word_embeddings = False
+    for layer in core.layers:
+        _rotate_block_inplace(layer, R_res, None, None, backend)
+    return model
 
 
 def _rotate_heads(attn, R_head, backend) -> None:

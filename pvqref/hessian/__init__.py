@@ -61,9 +61,10 @@ import numpy as np
 from .. import _checks, _tiers
 
 __all__ = ["proxy_loss", "gptq_quantize", "gptq_bits_per_weight", "pvq_quantize", "PVQResult",
-           "check_hessian", "SEARCHES"]
+           "check_hessian", "SEARCHES", "ORIENTATIONS"]
 
 SEARCHES = ("euclidean", "hessian")
+ORIENTATIONS = ("input", "output")
 DEFAULT_DAMP = 0.01          # GPTQ's 1% of the mean diagonal
 DAMP_RETRIES = 3             # x10 each: 1%, 10%, 100%, 1000% of the mean diagonal
 DEFAULT_MOVES = 8            # pulse moves per group in the metric refinement (measured: 4-8
@@ -191,19 +192,23 @@ def _like(Q, W):
 @dataclass(frozen=True)
 class PVQResult:
     """What :func:`pvq_quantize` chose: the reconstruction ``Q`` (like W), the pyramid
-    points ``points`` (out, in) int64 (group j of row i in columns jL..jL+L-1), the gain
-    codes (out, in/L), the coded row norms r_hat (out,) float64 and the config; together
-    they are what :mod:`pvqref.gain` stores, so a packer can write them."""
+    points ``points`` (out, in) int64, the gain codes, the coded norms (float64) and the
+    config; together they are what :mod:`pvqref.gain` stores, so a packer can write them.
+    ``orientation`` "input": group j of row i is columns jL..jL+L-1, gain codes
+    (out, in/L), ``row_norms`` (out,) the coded row norms. "output": group g of column i
+    is rows gL..gL+L-1, gain codes (in, out/L), ``row_norms`` (in,) the coded column norms
+    (the format of gain applied to W^T)."""
     Q: object
     points: object
     gain_codes: object
     row_norms: np.ndarray
     config: object
+    orientation: str = "input"
 
 
 def pvq_quantize(W, H, config, feedback: bool = True, search: str = "euclidean",
                  damp: float = DEFAULT_DAMP, moves: int = DEFAULT_MOVES,
-                 width: int = DEFAULT_WIDTH, name: str = "layer",
+                 width: int = DEFAULT_WIDTH, orientation: str = "input", name: str = "layer",
                  backend: str = "auto") -> PVQResult:
     """PVQ of W (out, in) in groups of ``config.L`` input columns (a PVQConfig of
     :mod:`pvqref.gain`: same format, same bits per weight), one block of L columns at a
@@ -213,25 +218,42 @@ def pvq_quantize(W, H, config, feedback: bool = True, search: str = "euclidean",
     up to ``moves`` pulse moves that raise the cosine in that metric (``width`` x ``width``
     candidate moves scored per step), keeping the Euclidean direction where it is better:
     never worse in the metric. Row norms are coded from the original W (gain's format).
-    Chapter: Hessian-aware PVQ (book/hessian.ipynb)."""
+    ``orientation="output"`` puts the groups along the output dimension instead (L
+    consecutive rows of one column, gain's format for W^T, ``config`` chosen for W^T's
+    shape) inside GPTQ's column loop (:func:`reference.pvq_column_gptq`); its metric per
+    group is a scalar, so ``search="hessian"`` is refused there. The default orientation
+    is the better one by measurement (chapter). Chapter: Hessian-aware PVQ
+    (book/hessian.ipynb)."""
     from .. import gain
     search = _checks.choice(search, "search", SEARCHES)
+    orientation = _checks.choice(orientation, "orientation", ORIENTATIONS)
     moves = _checks.integer(moves, "moves", 0)
     width = _checks.integer(width, "width", 1)
     if not isinstance(config, gain.PVQConfig):
         raise TypeError(f"config must be a pvqref.gain.PVQConfig, got {type(config).__name__}")
+    if orientation == "output" and search == "hessian":
+        raise ValueError("search='hessian' changes nothing with orientation='output': each "
+                         "group lies in one column, whose metric is the scalar 1 / C_ii^2")
     tier, tname, search_backend, W64, H64 = _prepare(W, H, backend, name)
     m, n = W64.shape
-    if n % config.L or config.L >= n:
-        raise ValueError(f"group size L={config.L} must divide and be smaller than the {n} "
-                         f"input columns of {name}")
+    length = n if orientation == "input" else m
+    if length % config.L or config.L >= length:
+        side = "input columns" if orientation == "input" else "output rows"
+        raise ValueError(f"group size L={config.L} must divide and be smaller than the "
+                         f"{length} {side} of {name}")
     C, dead = _factor(tier, H64, damp, name)
     W64[:, dead] = 0
-    r_hat = np.asarray(gain.coded_row_norms(_tiers.to_numpy(W64), config), dtype=np.float64)
-    book = config.codebook(n)
+    rows = _tiers.to_numpy(W64) if orientation == "input" else _tiers.to_numpy(W64).T
+    r_hat = np.asarray(gain.coded_row_norms(np.ascontiguousarray(rows), config),
+                       dtype=np.float64)
+    book = config.codebook(length)
     levels, thresholds, r = (_as_tier(v, tname, W64) for v in (book.levels, book.thresholds,
                                                                r_hat))
-    Q, codes, Y = tier.pvq_block_ldlq(W64, C, config.L, config.K, levels, thresholds, r,
-                                      feedback, search == "hessian", moves, width,
-                                      search_backend)
-    return PVQResult(_like(Q, W), Y, codes, r_hat, config)
+    if orientation == "output":
+        Q, codes, Y = tier.pvq_column_gptq(W64, C, config.L, config.K, levels, thresholds, r,
+                                           feedback, search_backend)
+    else:
+        Q, codes, Y = tier.pvq_block_ldlq(W64, C, config.L, config.K, levels, thresholds, r,
+                                          feedback, search == "hessian", moves, width,
+                                          search_backend)
+    return PVQResult(_like(Q, W), Y, codes, r_hat, config, orientation)

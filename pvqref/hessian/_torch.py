@@ -188,6 +188,27 @@ def pvq_block_ldlq(W, C, L: int, K: int, levels, thresholds, r_hat, feedback: bo
     return Q, codes_all, Y_all
 
 
+def pvq_column_gptq(W, C, L: int, K: int, levels, thresholds, r_hat, feedback: bool,
+                    search_backend: str = None):
+    """Torch version of ``reference.pvq_column_gptq`` (``search_backend`` is ignored).
+    Chapter: Hessian-aware PVQ (book/hessian.ipynb)."""
+    m, n = W.shape
+    X = W.to(torch.float64).clone()
+    Q = torch.zeros_like(X)
+    Y_all = torch.zeros(X.shape, dtype=torch.int64, device=W.device)
+    codes_all = torch.zeros((n, m // L), dtype=torch.int64, device=W.device)
+    for i in range(n):
+        x = X[:, i].reshape(m // L, L)
+        Y = _directions(x, K)
+        codes, Qb, _ = _gain_and_error(x, _unit(Y), None, levels, thresholds,
+                                       r_hat[i].expand(m // L))
+        Q[:, i], Y_all[:, i], codes_all[i] = Qb.reshape(m), Y.reshape(m), codes
+        if feedback:
+            err = (X[:, i] - Q[:, i]) / C[i, i]
+            X[:, i + 1:] -= torch.outer(err, C[i, i + 1:])
+    return Q, codes_all, Y_all
+
+
 def proxy_loss(W, Q, H) -> float:
     """tr((W - Q) H (W - Q)^T) in float64 on W's device. Chapter: Hessian-aware PVQ
     (book/hessian.ipynb)."""

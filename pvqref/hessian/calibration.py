@@ -96,7 +96,7 @@ def first_block_inputs(model, windows: torch.Tensor) -> BlockInputs:
     layer0 = model.model.layers[0]
     hidden, kwargs = [], []
 
-    def catch(module, args, kw):
+    def catch(mod, args, kw):
         hidden.append(args[0] if args else kw.pop("hidden_states"))
         kwargs.append({k: v for k, v in kw.items() if k != "hidden_states"})
         raise _Stop
@@ -125,7 +125,9 @@ def run_block(layer, inputs: BlockInputs) -> BlockInputs:
     return BlockInputs(out, inputs.kwargs)
 
 
-def _module(layer, path: str):
+def module(layer, path: str):
+    """The submodule of ``layer`` at a dotted ``path`` (e.g. "self_attn.q_proj").
+    Chapter: Hessian-aware PVQ (book/hessian.ipynb)."""
     for part in path.split("."):
         layer = getattr(layer, part)
     return layer
@@ -136,7 +138,7 @@ def input_second_moment(layer, inputs: BlockInputs, path: str) -> torch.Tensor:
     ``path`` inside ``layer`` (e.g. "mlp.down_proj"), over every token of every window,
     running the block as it is now (earlier layers possibly quantized).
     Chapter: Hessian-aware PVQ (book/hessian.ipynb)."""
-    linear = _module(layer, path)
+    linear = module(layer, path)
     moment = SecondMoment(linear.in_features, str(linear.weight.device))
     handle = linear.register_forward_pre_hook(lambda mod, args: moment.add(args[0]))
     try:
@@ -144,3 +146,58 @@ def input_second_moment(layer, inputs: BlockInputs, path: str) -> torch.Tensor:
     finally:
         handle.remove()
     return moment.mean()
+
+
+def _hooked_forward(model, windows, hooks, last_block: int) -> None:
+    """Run every window through the unquantized model up to the end of ``last_block``
+    with ``hooks`` ({module: pre-hook}) attached, then stop."""
+    handles = [m.register_forward_pre_hook(h) for m, h in hooks.items()]
+
+    def stop(mod, args, out):
+        raise _Stop
+    handles.append(model.model.layers[last_block].register_forward_hook(stop))
+    try:
+        with torch.no_grad():
+            for row in windows:
+                try:
+                    model(row[None].to(model.device), use_cache=False)
+                except _Stop:
+                    pass
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def block_hessians(model, windows: torch.Tensor, block: int) -> dict:
+    """{input name: H} for the four distinct inputs (:data:`LLAMA_INPUTS`) of decoder block
+    ``block`` of the model as it is (one forward pass with hooks, no layer quantized:
+    a look at one block, not the sequential pipeline). Chapter: Hessian-aware PVQ
+    (book/hessian.ipynb)."""
+    block = _checks.integer(block, "block", 0, len(model.model.layers) - 1)
+    layer = model.model.layers[block]
+    moments, hooks = {}, {}
+    for name, path, _ in LLAMA_INPUTS:
+        linear = module(layer, path)
+        moments[name] = SecondMoment(linear.in_features, str(linear.weight.device))
+        hooks[linear] = (lambda mom: lambda mod, args: mom.add(args[0]))(moments[name])
+    _hooked_forward(model, windows, hooks, block)
+    return {name: m.mean() for name, m in moments.items()}
+
+
+def channel_energy(model, windows: torch.Tensor, path: str) -> np.ndarray:
+    """E[x_i^2] of every input channel i of the linear layer at ``path`` (e.g.
+    "mlp.down_proj") in every decoder block: an array (blocks, in_features), float64, from
+    one forward pass of the model as it is. Chapter: Hessian-aware PVQ (book/hessian.ipynb)."""
+    sums, counts, hooks = [], [], {}
+    for b, layer in enumerate(model.model.layers):
+        linear = module(layer, path)
+        sums.append(torch.zeros(linear.in_features, dtype=torch.float64))
+        counts.append([0])
+
+        def add(mod, args, b=b):
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).to(torch.float64)
+            sums[b] += (x * x).sum(dim=0).cpu()
+            counts[b][0] += x.shape[0]
+        hooks[linear] = add
+    _hooked_forward(model, windows, hooks, len(model.model.layers) - 1)
+    return np.stack([(s / c[0]).numpy() for s, c in zip(sums, counts)])

@@ -216,6 +216,32 @@ def pvq_block_ldlq(W, C, L: int, K: int, levels, thresholds, r_hat, feedback: bo
     return Q, codes_all, Y_all
 
 
+def pvq_column_gptq(W, C, L: int, K: int, levels, thresholds, r_hat, feedback: bool,
+                    search_backend: str):
+    """PVQ with groups along the *output* dimension, inside GPTQ's column loop: column i of
+    W (m, n) is m / L groups of L consecutive rows, each searched (Euclidean) and given the
+    gain code nearest to its least-squares gain over ``r_hat[i]`` (the coded norm of the
+    original column i); then, as in GPTQ, the later columns move by -err C_i,R with
+    err = (x_i - q_i) / C_ii. A group lies in one column, whose metric is the scalar
+    1 / C_ii^2, so a metric search would change nothing. Returns (Q, codes, Y): Q float64
+    (m, n), codes (n, m / L) (column i's gain codes), Y (m, n) the pyramid points (group g
+    of column i in rows gL..gL+L-1). Chapter: Hessian-aware PVQ (book/hessian.ipynb)."""
+    m, n = W.shape
+    X = np.array(W, dtype=np.float64)
+    Q, Y_all = np.zeros_like(X), np.zeros(X.shape, dtype=np.int64)
+    codes_all = np.zeros((n, m // L), dtype=np.int64)
+    for i in range(n):
+        x = X[:, i].reshape(m // L, L)
+        Y = _directions(x, K, search_backend)
+        codes, Qb, _ = _gain_and_error(x, _unit(Y), np.eye(L), levels, thresholds,
+                                       np.full(m // L, r_hat[i]))
+        Q[:, i], Y_all[:, i], codes_all[i] = Qb.reshape(m), Y.reshape(m), codes
+        if feedback:
+            err = (X[:, i] - Q[:, i]) / C[i, i]
+            X[:, i + 1:] -= np.outer(err, C[i, i + 1:])
+    return Q, codes_all, Y_all
+
+
 def proxy_loss(W, Q, H) -> float:
     """tr((W - Q) H (W - Q)^T), in float64. Chapter: Hessian-aware PVQ (book/hessian.ipynb)."""
     E = np.asarray(W, dtype=np.float64) - np.asarray(Q, dtype=np.float64)

@@ -63,6 +63,7 @@ from .reference import (MAX_TABLE_K, MAX_TABLE_L, MAX_TABLE_LIMBS, bits, check_L
                         check_table, count, count_table, decode, encode, exhaustive_search,
                         ints_to_limbs, k_for_rate, log2_count, n_limbs, points, search)
 from .reference import limbs_to_ints as _limbs_to_ints
+from .reference import beyond_K_error, norm_error, points_shape_error
 
 __all__ = [
     "count", "count_table", "log2_count", "bits", "n_limbs", "k_for_rate",
@@ -102,14 +103,13 @@ def refuse_beyond_K(Y, big, K) -> None:
     """ValueError naming the first entry of Y flagged in ``big`` (|y| > K), if any."""
     if big.any():
         g, c = (int(v) for v in np.argwhere(big)[0])
-        raise ValueError(f"row {g} of Y has |y| = {abs(int(Y[g, c]))} > K={K} at column {c}, "
-                         "so its L1 norm exceeds K (all groups of a batch share K)")
+        raise beyond_K_error(g, c, abs(int(Y[g, c])), K)
 
 
 def _check_Y(Y, K) -> tuple[np.ndarray, int]:
     Y = np.asarray(Y)
     if Y.ndim != 2 or Y.shape[1] < 1:
-        raise ValueError(f"Y must be a (G, L) array of pyramid points, got shape {Y.shape}")
+        raise points_shape_error(Y.shape)
     _checks.integer_dtype(Y, "Y")
     L = Y.shape[1]
     if K is None:                           # the batch's K: row 0's norm, in exact ints
@@ -130,8 +130,7 @@ def _check_Y(Y, K) -> tuple[np.ndarray, int]:
     bad = norms != K
     if bad.any():
         g = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"row {g} of Y has L1 norm {int(norms[g])}, expected K={K} "
-                         "(all groups of a batch share K)")
+        raise norm_error(g, int(norms[g]), K)
     return Y, K
 
 

@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from .. import _checks
-from .reference import check_LK, check_table, count, count_table, limbs_to_ints, n_limbs
+from .reference import (beyond_K_error, check_LK, check_table, count, count_table,
+                        limbs_to_ints, n_limbs, norm_error, points_shape_error)
 
 _MASK32 = 0xFFFFFFFF
 
@@ -237,8 +238,7 @@ def check_points(Y: torch.Tensor, K):
     """(Y as int64, K): Y a (G, L) integer tensor of pyramid points of L1 norm K (K = row 0's
     norm if None), checked on its device (TypeError, ValueError)."""
     if Y.ndim != 2 or Y.shape[1] < 1:
-        raise ValueError(f"Y must be a (G, L) tensor of pyramid points, "
-                         f"got shape {tuple(Y.shape)}")
+        raise points_shape_error(Y.shape)
     _checks.integer_dtype(Y, "Y")
     L = Y.shape[1]
     if Y.dtype == torch.uint64:              # no uint64 compares in torch: read the bits as
@@ -260,14 +260,12 @@ def check_points(Y: torch.Tensor, K):
     big = (A > K) | (A < 0)
     if bool(big.any()):
         g, c = (int(v) for v in big.nonzero()[0])
-        raise ValueError(f"row {g} of Y has |y| = {abs(int(Y[g, c]))} > K={K} at column {c}, "
-                         "so its L1 norm exceeds K (all groups of a batch share K)")
+        raise beyond_K_error(g, c, abs(int(Y[g, c])), K)
     norms = A.sum(dim=1)
     bad = norms != K
     if bool(bad.any()):
         g = int(bad.nonzero()[0, 0])
-        raise ValueError(f"row {g} of Y has L1 norm {int(norms[g])}, expected K={K} "
-                         "(all groups of a batch share K)")
+        raise norm_error(g, int(norms[g]), K)
     return Y, K
 
 

@@ -68,6 +68,21 @@ def _table_limbs(L: int, K: int) -> int:
     return (L + 1) * (K + 1) * n_limbs(L, K)
 
 
+# The messages of a bad batch of points, one wording for every tier's checks.
+def points_shape_error(shape) -> ValueError:
+    return ValueError(f"Y must be a (G, L) batch of pyramid points, got shape {tuple(shape)}")
+
+
+def beyond_K_error(g: int, c: int, value: int, K: int) -> ValueError:
+    return ValueError(f"row {g} of Y has |y| = {value} > K={K} at column {c}, so its L1 "
+                      "norm exceeds K (all groups of a batch share K)")
+
+
+def norm_error(g: int, norm: int, K: int) -> ValueError:
+    return ValueError(f"row {g} of Y has L1 norm {norm}, expected K={K} "
+                      "(all groups of a batch share K)")
+
+
 def check_table(L: int, K: int) -> None:
     """Refuse (L, K) (checked ints) whose count table is beyond the documented limits."""
     if L <= MAX_TABLE_L and K <= MAX_TABLE_K and _table_limbs(L, K) <= MAX_TABLE_LIMBS:
