@@ -188,15 +188,15 @@ def quantize_model(model, method: str, bpw: float, calibration_windows: torch.Te
                    measure_loss: bool = False, fold_rotations: bool = True,
                    inplace: bool = False, progress=None):
     """Quantize every linear layer of every decoder block of a LLaMA ``model`` with
-    ``method`` (one of :data:`METHODS`) at ``bpw`` bits per weight, calibrating on
-    ``calibration_windows`` (n, T) token ids (:func:`calibration.calibration_windows`).
+    ``method`` (one of ``METHODS``) at ``bpw`` bits per weight, calibrating on
+    ``calibration_windows`` (n, T) token ids (:func:`pvqref.hessian.calibration.calibration_windows`).
     ``rotation``: "input" (default, chosen by measurement: see the module docstring),
     "residual" (QuaRot-style: the residual stream rotated once by
     :func:`pvqref.coherence.rotate_llama_model` with seed ``seed`` + RESIDUAL_SEED, norm
     weights folded, embeddings and head rotated; o_proj's and down_proj's inputs, outside
     the residual stream, rotated on their input side) or None. Returns ``(quantized model, report)``: a copy unless ``inplace``, and one
     LayerReport per layer in model order. ``seed`` seeds the rotations: one per distinct
-    input, input i (0..3, :data:`calibration.LLAMA_INPUTS`) of block b gets seed + 100 b + i,
+    input, input i (0..3, ``calibration.LLAMA_INPUTS``) of block b gets seed + 100 b + i,
     shared by the layers reading it; the rest is deterministic. ``progress(block, reports)``
     is called after each block. The data-free methods (rtn, pvq) run no calibration at all
     (``calibration_windows`` may be None) unless ``measure_loss``, which collects every H

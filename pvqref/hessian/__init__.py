@@ -220,7 +220,7 @@ def pvq_quantize(W, H, config, feedback: bool = True, search: str = "euclidean",
     never worse in the metric. Row norms are coded from the original W (gain's format).
     ``orientation="output"`` puts the groups along the output dimension instead (L
     consecutive rows of one column, gain's format for W^T, ``config`` chosen for W^T's
-    shape) inside GPTQ's column loop (:func:`reference.pvq_column_gptq`); its metric per
+    shape) inside GPTQ's column loop (``reference.pvq_column_gptq``); its metric per
     group is a scalar, so ``search="hessian"`` is refused there. The default orientation
     is the better one by measurement (chapter). Chapter: Hessian-aware PVQ
     (book/hessian.ipynb)."""

@@ -5,7 +5,7 @@ at a time, with the blocks before it already quantized, so that each layer's H d
 the inputs it will really see. Only one block's activations are held at a time: the
 hidden states entering the current block, (windows, tokens, hidden) in the model's dtype.
 
-A LLaMA block has seven linear layers but four distinct inputs (:data:`LLAMA_INPUTS`):
+A LLaMA block has seven linear layers but four distinct inputs (``LLAMA_INPUTS``):
 q, k and v read the normalised attention input; o reads the attention heads' output;
 gate and up read the normalised MLP input; down reads silu(gate) * up. One forward hook
 per distinct input accumulates, in float64, the sum of x x^T over every token and the
@@ -169,7 +169,7 @@ def _hooked_forward(model, windows, hooks, last_block: int) -> None:
 
 
 def block_hessians(model, windows: torch.Tensor, block: int) -> dict:
-    """{input name: H} for the four distinct inputs (:data:`LLAMA_INPUTS`) of decoder block
+    """{input name: H} for the four distinct inputs (``LLAMA_INPUTS``) of decoder block
     ``block`` of the model as it is (one forward pass with hooks, no layer quantized:
     a look at one block, not the sequential pipeline). Chapter: Hessian-aware PVQ
     (book/hessian.ipynb)."""
