@@ -101,7 +101,14 @@ def first_block_inputs(model, windows: torch.Tensor) -> BlockInputs:
         kwargs.append({k: v for k, v in kw.items() if k != "hidden_states"})
         raise _Stop
 
-    handle = layer0.register_forward_pre_hook(catch, with_kwargs=True)
+    _forward_until_stopped(model, windows,
+                           [layer0.register_forward_pre_hook(catch, with_kwargs=True)])
+    return BlockInputs(hidden, kwargs)
+
+
+def _forward_until_stopped(model, windows, handles) -> None:
+    """Run every window through the model until a hook raises _Stop (or to the end), then
+    remove the hooks' ``handles``."""
     try:
         with torch.no_grad():
             for row in windows:
@@ -110,8 +117,8 @@ def first_block_inputs(model, windows: torch.Tensor) -> BlockInputs:
                 except _Stop:
                     pass
     finally:
-        handle.remove()
-    return BlockInputs(hidden, kwargs)
+        for handle in handles:
+            handle.remove()
 
 
 def run_block(layer, inputs: BlockInputs) -> BlockInputs:
@@ -156,16 +163,7 @@ def _hooked_forward(model, windows, hooks, last_block: int) -> None:
     def stop(mod, args, out):
         raise _Stop
     handles.append(model.model.layers[last_block].register_forward_hook(stop))
-    try:
-        with torch.no_grad():
-            for row in windows:
-                try:
-                    model(row[None].to(model.device), use_cache=False)
-                except _Stop:
-                    pass
-    finally:
-        for h in handles:
-            h.remove()
+    _forward_until_stopped(model, windows, handles)
 
 
 def block_hessians(model, windows: torch.Tensor, block: int) -> dict:
