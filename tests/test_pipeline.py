@@ -37,6 +37,10 @@ def test_second_moment_is_the_mean_outer_product():
     torch.testing.assert_close(moment.mean(), flat.T @ flat / 21, rtol=1e-12, atol=0)
     with pytest.raises(ValueError, match="no calibration vectors"):
         calibration.SecondMoment(5).mean()
+    diagonal = calibration.SecondMoment(5, diagonal_only=True)
+    diagonal.add(x)
+    torch.testing.assert_close(diagonal.mean(), torch.diagonal(moment.mean()),
+                               rtol=1e-12, atol=0)
 
 
 def test_block_inputs_and_hessians(tiny, windows):

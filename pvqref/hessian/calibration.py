@@ -34,27 +34,40 @@ LLAMA_INPUTS = (
     ("mlp_input", "mlp.gate_proj", ("mlp.gate_proj", "mlp.up_proj")),
     ("mlp_hidden", "mlp.down_proj", ("mlp.down_proj",)),
 )
+# The inputs that are (normalised) residual-stream states: a residual rotation reaches them.
+RESIDUAL_INPUTS = ("attention_input", "mlp_input")
 
 
 @dataclass
 class SecondMoment:
-    """Running sum of x x^T (float64) and the number of vectors x: H = total / count."""
+    """Running sum of x x^T (float64) and the number of vectors x: H = total / count.
+    With ``diagonal_only`` just the diagonal, sum of x_i^2 (n,): the channel energies."""
     n: int
     device: str = "cpu"
+    diagonal_only: bool = False
     total: torch.Tensor = field(init=False)
     count: int = 0
 
     def __post_init__(self):
-        self.total = torch.zeros(self.n, self.n, dtype=torch.float64, device=self.device)
+        shape = (self.n,) if self.diagonal_only else (self.n, self.n)
+        self.total = torch.zeros(shape, dtype=torch.float64, device=self.device)
 
     def add(self, x: torch.Tensor) -> None:
         """Add every vector of x (..., n): x is cast to float64 before the product."""
         x = x.detach().reshape(-1, self.n).to(torch.float64)
-        self.total.addmm_(x.T, x)
+        if self.diagonal_only:
+            self.total += (x * x).sum(dim=0)
+        else:
+            self.total.addmm_(x.T, x)
         self.count += x.shape[0]
 
+    def hook(self, module, args) -> None:
+        """A forward pre-hook adding the module's input."""
+        self.add(args[0])
+
     def mean(self) -> torch.Tensor:
-        """H = E[x x^T] (n, n) float64; ValueError if nothing was added."""
+        """H = E[x x^T] (n, n) float64 (or its diagonal); ValueError if nothing was
+        added."""
         if self.count == 0:
             raise ValueError("no calibration vectors were collected")
         return self.total / self.count
@@ -147,7 +160,7 @@ def input_second_moment(layer, inputs: BlockInputs, path: str) -> torch.Tensor:
     Chapter: Hessian-aware PVQ (book/hessian.ipynb)."""
     linear = module(layer, path)
     moment = SecondMoment(linear.in_features, str(linear.weight.device))
-    handle = linear.register_forward_pre_hook(lambda mod, args: moment.add(args[0]))
+    handle = linear.register_forward_pre_hook(moment.hook)
     try:
         run_block(layer, inputs)
     finally:
@@ -155,10 +168,10 @@ def input_second_moment(layer, inputs: BlockInputs, path: str) -> torch.Tensor:
     return moment.mean()
 
 
-def _hooked_forward(model, windows, hooks, last_block: int) -> None:
-    """Run every window through the unquantized model up to the end of ``last_block``
-    with ``hooks`` ({module: pre-hook}) attached, then stop."""
-    handles = [m.register_forward_pre_hook(h) for m, h in hooks.items()]
+def _hooked_forward(model, windows, moments, last_block: int) -> None:
+    """Run every window through the model up to the end of ``last_block``, each module of
+    ``moments`` ({module: SecondMoment}) adding its input to its moment, then stop."""
+    handles = [m.register_forward_pre_hook(mom.hook) for m, mom in moments.items()]
 
     def stop(mod, args, out):
         raise _Stop
@@ -173,12 +186,11 @@ def block_hessians(model, windows: torch.Tensor, block: int) -> dict:
     (book/hessian.ipynb)."""
     block = _checks.integer(block, "block", 0, len(model.model.layers) - 1)
     layer = model.model.layers[block]
-    moments, hooks = {}, {}
-    for name, path, _ in LLAMA_INPUTS:
-        linear = module(layer, path)
-        moments[name] = SecondMoment(linear.in_features, str(linear.weight.device))
-        hooks[linear] = (lambda mom: lambda mod, args: mom.add(args[0]))(moments[name])
-    _hooked_forward(model, windows, hooks, block)
+    linears = {name: module(layer, path) for name, path, _ in LLAMA_INPUTS}
+    moments = {name: SecondMoment(lin.in_features, str(lin.weight.device))
+               for name, lin in linears.items()}
+    _hooked_forward(model, windows, {linears[name]: moments[name] for name in linears},
+                    block)
     return {name: m.mean() for name, m in moments.items()}
 
 
@@ -186,16 +198,8 @@ def channel_energy(model, windows: torch.Tensor, path: str) -> np.ndarray:
     """E[x_i^2] of every input channel i of the linear layer at ``path`` (e.g.
     "mlp.down_proj") in every decoder block: an array (blocks, in_features), float64, from
     one forward pass of the model as it is. Chapter: Hessian-aware PVQ (book/hessian.ipynb)."""
-    sums, counts, hooks = [], [], {}
-    for b, layer in enumerate(model.model.layers):
-        linear = module(layer, path)
-        sums.append(torch.zeros(linear.in_features, dtype=torch.float64))
-        counts.append([0])
-
-        def add(mod, args, b=b):
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).to(torch.float64)
-            sums[b] += (x * x).sum(dim=0).cpu()
-            counts[b][0] += x.shape[0]
-        hooks[linear] = add
-    _hooked_forward(model, windows, hooks, len(model.model.layers) - 1)
-    return np.stack([(s / c[0]).numpy() for s, c in zip(sums, counts)])
+    linears = [module(layer, path) for layer in model.model.layers]
+    moments = {lin: SecondMoment(lin.in_features, str(lin.weight.device), diagonal_only=True)
+               for lin in linears}
+    _hooked_forward(model, windows, moments, len(linears) - 1)
+    return np.stack([moments[lin].mean().cpu().numpy() for lin in linears])
