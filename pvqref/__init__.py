@@ -25,3 +25,17 @@ stays cheap and does not load torch or transformers.
 """
 
 __version__ = "0.1.0"
+
+
+def load_quantized(path, device="cpu", fold_rotations: bool = True, dtype=None):
+    """A LlamaForCausalLM from a packed model folder: :func:`pvqref.packed.load`."""
+    from . import packed
+    return packed.load(path, device, fold_rotations, dtype)
+
+
+def _install_transformers_hook():
+    from . import hf
+    hf.install()
+
+
+_install_transformers_hook()

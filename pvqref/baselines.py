@@ -66,6 +66,17 @@ def rtn_quantize_dequantize(W, bits: int, group: int = 128) -> np.ndarray:
 
     Used in: Gain quantization (book/gain.ipynb), "Rate–distortion on real weights"; Spherical
     coherence (book/coherence.ipynb), as the gain chapter's baseline."""
+    codes, scale, zero = rtn_codes(W, bits, group)
+    G = codes.astype(np.float64).reshape(len(scale), -1)
+    return (G * scale[:, None] + zero[:, None]).reshape(codes.shape)
+
+
+def rtn_codes(W, bits: int, group: int = 128):
+    """What :func:`rtn_quantize_dequantize` stores: ``(codes, scale, zero)``, the codes
+    (uint8 for bits <= 8, else uint16) in W's shape, and per group (of the row-major
+    flattened W) the scale and zero point as float64 holding fp16 values; the
+    reconstruction is codes * scale + zero. Chapter: Hessian-aware PVQ
+    (book/hessian.ipynb)."""
     bits = _checks.integer(bits, "bits", 1, 16)
     group = _checks.integer(group, "group", 1)
     W = _tiers.to_numpy(W.detach() if _tiers.is_torch(W) else W)
@@ -83,7 +94,8 @@ def rtn_quantize_dequantize(W, bits: int, group: int = 128) -> np.ndarray:
                          f"zero point would be Inf; rescale the matrix first")
     safe = np.where(scale > 0, scale, 1.0)
     q = np.clip(np.round((G - zero) / safe), 0, 2 ** bits - 1)
-    return (q * scale + zero).reshape(W.shape)
+    dtype = np.uint8 if bits <= 8 else np.uint16
+    return q.astype(dtype).reshape(W.shape), scale[:, 0], zero[:, 0]
 
 
 def rtn_bits_per_weight(bits: int, group: int = 128) -> float:

@@ -83,3 +83,26 @@ def perplexity(model, tokens_or_texts, window: int = 512, max_windows: int | Non
             total += float(nll)
             count += row.shape[1] - 1
     return math.exp(total / count)
+
+
+def agreement(model, reference, tokens_or_texts, window: int = 512,
+              max_windows: int | None = None, tokenizer=None) -> dict:
+    """How closely ``model`` follows ``reference`` (the unquantized model) on the windows
+    of :func:`perplexity`'s protocol, at every predicted position: ``top1``, the fraction
+    of positions where both rank the same next token first, and ``kl``, the mean
+    KL(reference || model) of the next-token distributions in nats (float64).
+    Chapter: Quantizing a real LLaMA model (book/llama.ipynb)."""
+    batch = windows(_token_ids(tokens_or_texts, tokenizer), window, max_windows)
+    device = next(model.parameters()).device
+    ref_device = next(reference.parameters()).device
+    same, kl, count = 0, 0.0, 0
+    with torch.no_grad():
+        for row in batch:
+            logp = torch.log_softmax(model(row[None].to(device), use_cache=False).logits[0, :-1]
+                                     .to(torch.float64), dim=-1).cpu()
+            logq = torch.log_softmax(reference(row[None].to(ref_device), use_cache=False)
+                                     .logits[0, :-1].to(torch.float64), dim=-1).cpu()
+            same += int((logp.argmax(-1) == logq.argmax(-1)).sum())
+            kl += float((logq.exp() * (logq - logp)).sum())
+            count += logp.shape[0]
+    return {"top1": same / count, "kl": kl / count}

@@ -24,13 +24,20 @@ accounts are exactly the bits written.
 same), :func:`from_bytes` reads one back (``pvqref.gain.from_bytes`` is the same).
 
 Chapter: Gain quantization (book/gain.ipynb), section "The complete quantizer and its
-bits". A later chapter extends this module from one matrix to a whole model.
+bits". For a whole model, :mod:`pvqref.packed` stores every field as its own bit-packed
+tensor (:func:`pack_uints`) in a safetensors file written here
+(:func:`write_safetensors`, deterministic) inside a folder written atomically
+(:func:`atomic_folder`); chapter: Quantizing a real LLaMA model (book/llama.ipynb).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 import zlib
+from pathlib import Path
 
 import numpy as np
 
@@ -94,6 +101,29 @@ def _bits_uint(bits: np.ndarray, b: int) -> np.ndarray:
         return np.zeros(0, dtype=np.uint64)
     w = bits.reshape(-1, b).astype(np.uint64) << np.arange(b, dtype=np.uint64)
     return w.sum(axis=1, dtype=np.uint64)
+
+
+def pack_uints(values, b: int) -> bytes:
+    """The b low bits of each value, least significant bit first, concatenated and
+    zero-padded to a whole byte: ceil(len(values) b / 8) bytes. Chapter: Quantizing a real
+    LLaMA model (book/llama.ipynb)."""
+    if b == 0:
+        return b""
+    return np.packbits(_uint_bits(values, b), bitorder="little").tobytes()
+
+
+def unpack_uints(data, count: int, b: int) -> np.ndarray:
+    """Inverse of :func:`pack_uints`: ``count`` values (uint64). ValueError for a wrong
+    length or non-zero padding. Chapter: Quantizing a real LLaMA model
+    (book/llama.ipynb)."""
+    data = np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8)
+    if len(data) != -(-count * b // 8):
+        raise ValueError(f"{count} values of {b} bits need {-(-count * b // 8)} bytes, got "
+                         f"{len(data)}")
+    bits = np.unpackbits(data, bitorder="little")
+    if bits[count * b:].any():
+        raise ValueError("padding bits after the last value are not zero")
+    return _bits_uint(bits[:count * b], b) if b else np.zeros(count, dtype=np.uint64)
 
 
 def to_bytes(Q) -> bytes:
@@ -177,3 +207,63 @@ def from_bytes(data: bytes, shape, config):
     Q = QuantizedMatrix((m, n), config, norms, indices, codes, norm_range)
     Q.validate()
     return Q
+
+
+# -- files of a packed model (pvqref.packed) ---------------------------------------------
+
+SAFETENSORS_DTYPES = {"uint8": "U8", "int8": "I8", "int16": "I16", "int32": "I32",
+                      "int64": "I64", "float16": "F16", "bfloat16": "BF16", "float32": "F32",
+                      "float64": "F64"}        # torch dtype name -> safetensors dtype
+
+
+def write_safetensors(file: Path, tensors: dict, metadata: dict) -> None:
+    """A safetensors file with its tensors in sorted name order and a header with sorted
+    keys, so the same tensors give the same bytes (safetensors' own writer orders its
+    header differently from run to run). Chapter: Quantizing a real LLaMA model
+    (book/llama.ipynb)."""
+    import torch
+    header, offset, blobs = {"__metadata__": metadata}, 0, []
+    for key in sorted(tensors):
+        t = tensors[key].contiguous()
+        data = t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        dtype = SAFETENSORS_DTYPES[str(t.dtype).removeprefix("torch.")]
+        header[key] = {"dtype": dtype, "shape": list(t.shape),
+                       "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with open(file, "wb") as fh:
+        fh.write(len(text).to_bytes(8, "little"))
+        fh.write(text)
+        for data in blobs:
+            fh.write(data)
+
+
+def atomic_folder(path: Path, overwrite: bool, write) -> Path:
+    """Run ``write(tmp)`` into a temporary folder beside ``path``, then rename it there
+    (an existing ``path`` is replaced only with ``overwrite``; on any failure, including
+    an interrupt, the temporary folder is removed and ``path`` is as it was). Chapter:
+    Quantizing a real LLaMA model (book/llama.ipynb)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists (pass overwrite=True, or --overwrite, to "
+                              f"replace it)")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    try:
+        write(tmp)
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        os.chmod(tmp, 0o755)
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.rename(path, old)
+            os.rename(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path

@@ -41,8 +41,9 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from . import _checks, baselines, gain, hessian, quantized
@@ -79,13 +80,17 @@ class LayerPlan:
 @dataclass(frozen=True)
 class LayerReport:
     """One row of the report of :func:`quantize_model` (``proxy_loss`` None where no H
-    was collected: a data-free method without ``measure_loss``)."""
+    was collected: a data-free method without ``measure_loss``); ``plan`` is the layer's
+    LayerPlan, ``codes`` what it stores (kept with ``keep_codes``, for
+    :func:`pvqref.packed.save`)."""
     name: str
     method: str
     shape: tuple
     bits_per_weight: float
     proxy_loss: float | None
     seconds: float
+    plan: LayerPlan | None = field(default=None, repr=False, compare=False)
+    codes: object = field(default=None, repr=False, compare=False)
 
 
 def layer_plan(method: str, bpw: float, shape, group: int = 128, L: int = DEFAULT_L,
@@ -130,27 +135,47 @@ def fold_rotation(Q: torch.Tensor, R) -> torch.Tensor:
     return Q if R is None else R.inverse(Q, axis=1, backend="torch")
 
 
-def quantize_layer_rotated(W: torch.Tensor, H: torch.Tensor | None, plan: LayerPlan,
-                           name: str = "layer"):
-    """``(Q', R)``: the reconstruction Q' of W R^T (out, in) under ``plan`` against
-    R H R^T, in the rotated coordinates where it is coded, and the input rotation R (None:
-    no rotation, Q' is in W's own coordinates). H: float64 (in, in), None for the
-    data-free rtn and pvq. Chapter: Hessian-aware PVQ (book/hessian.ipynb)."""
+def encode_layer(W: torch.Tensor, H: torch.Tensor | None, plan: LayerPlan,
+                 name: str = "layer"):
+    """``(codes, R)``: what W (out, in) stores under ``plan`` against H -- a
+    :class:`pvqref.gain.QuantizedMatrix` or a :class:`pvqref.codes.ScalarCodes` of
+    W R^T, coded against R H R^T -- and the input rotation R (None: no rotation, the codes
+    are of W itself). H: float64 (in, in), None for the data-free rtn and pvq.
+    Chapter: Quantizing a real LLaMA model (book/llama.ipynb)."""
+    from . import codes
     if H is None and plan.method in HESSIAN_METHODS:
         raise ValueError(f"method {plan.method!r} needs the Hessian of {name}")
     R = rotation_of(plan, W.shape[1])
     if R is not None:
         W, H = rotate_problem(W, H, R)
     if plan.method == "rtn":
-        Q = torch.from_numpy(baselines.rtn_quantize_dequantize(W, plan.bits, plan.group))
+        grid = baselines.rtn_codes(W, plan.bits, plan.group)
+        c = codes.ScalarCodes(tuple(W.shape), plan.bits, plan.group, "flat", *grid[:1],
+                              *(g.astype(np.float16) for g in grid[1:]))
     elif plan.method == "gptq":
-        Q = hessian.gptq_quantize(W, H, plan.bits, plan.group, act_order=True, name=name)
+        c = codes.scalar_codes(*hessian.gptq_quantize(W, H, plan.bits, plan.group,
+                                                      act_order=True, name=name,
+                                                      return_grid=True),
+                               plan.bits, plan.group, "row")
     elif plan.method == "pvq":
-        Q = torch.from_numpy(gain.quantize_dequantize(W.cpu().numpy(), plan.pvq)).to(W.device)
+        c = gain.quantize(W.cpu().numpy(), plan.pvq)
     else:
-        Q = hessian.pvq_quantize(W, H, plan.pvq, feedback=True, name=name,
-                                 search="hessian" if plan.method == "pvq-h" else "euclidean").Q
-    return Q.to(torch.float64), R
+        c = codes.pvq_codes(hessian.pvq_quantize(
+            W, H, plan.pvq, feedback=True, name=name,
+            search="hessian" if plan.method == "pvq-h" else "euclidean"))
+    return c, R
+
+
+def quantize_layer_rotated(W: torch.Tensor, H: torch.Tensor | None, plan: LayerPlan,
+                           name: str = "layer"):
+    """``(Q', R)``: the reconstruction Q' of W R^T (out, in) under ``plan`` against
+    R H R^T, in the rotated coordinates where it is coded (decoded from
+    :func:`encode_layer`'s codes by :func:`pvqref.codes.dequantize`, float64 on W's
+    device), and the input rotation R (None: no rotation, Q' is in W's own coordinates).
+    Chapter: Hessian-aware PVQ (book/hessian.ipynb)."""
+    from . import codes
+    c, R = encode_layer(W, H, plan, name)
+    return codes.dequantize(c, W.device), R
 
 
 def quantize_layer(W: torch.Tensor, H: torch.Tensor | None, plan: LayerPlan,
@@ -161,10 +186,12 @@ def quantize_layer(W: torch.Tensor, H: torch.Tensor | None, plan: LayerPlan,
     return fold_rotation(*quantize_layer_rotated(W, H, plan, name))
 
 
-def _quantize_readers(layer, prefix, H, readers, plan_of, reports, fold: bool):
+def _quantize_readers(layer, prefix, H, readers, plan_of, reports, fold: bool,
+                      keep_codes: bool):
     """Quantize every linear layer in ``readers`` against their shared H: the weight
     replaced in place (``fold``) or the layer by a QuantizedLinear in rotated coordinates,
     the readers sharing one SharedInputRotation."""
+    from . import codes
     shared = None
     for path in readers:
         linear = calibration.module(layer, path)
@@ -172,12 +199,14 @@ def _quantize_readers(layer, prefix, H, readers, plan_of, reports, fold: bool):
         name = f"{prefix}.{path}"
         plan = plan_of(tuple(W.shape))
         start = time.perf_counter()
-        Q_rot, R = quantize_layer_rotated(W, H, plan, name)
+        c, R = encode_layer(W, H, plan, name)
+        Q_rot = codes.dequantize(c, W.device)
         Q = fold_rotation(Q_rot, R)
         seconds = time.perf_counter() - start
         loss = None if H is None else hessian.proxy_loss(W, Q, H)
         reports.append(LayerReport(name, plan.method, tuple(W.shape),
-                                   plan.bits_per_weight(tuple(W.shape)), loss, seconds))
+                                   plan.bits_per_weight(tuple(W.shape)), loss, seconds,
+                                   plan, c if keep_codes else None))
         if fold or R is None:
             with torch.no_grad():
                 linear.weight.copy_(Q.to(linear.weight.dtype))
@@ -193,7 +222,7 @@ def quantize_model(model, method: str, bpw: float, calibration_windows: torch.Te
                    seed: int = 0, group: int = 128, L: int = DEFAULT_L,
                    gain_bits: int = DEFAULT_GAIN_BITS, rotation: str | None = "input",
                    measure_loss: bool = False, fold_rotations: bool = True,
-                   inplace: bool = False, progress=None):
+                   inplace: bool = False, progress=None, keep_codes: bool = False):
     """Quantize every linear layer of every decoder block of a LLaMA ``model`` with
     ``method`` (one of ``METHODS``) at ``bpw`` bits per weight, calibrating on
     ``calibration_windows`` (n, T) token ids
@@ -213,7 +242,10 @@ def quantize_model(model, method: str, bpw: float, calibration_windows: torch.Te
     :class:`pvqref.quantized.QuantizedLinear` (the weight as coded, in rotated coordinates,
     and an online input rotation computed once per input for all its readers) instead of
     folding R back into a dense weight; same function up to float rounding.
-    Chapter: Hessian-aware PVQ (book/hessian.ipynb)."""
+    ``keep_codes`` keeps each layer's codes in its LayerReport, for
+    :func:`pvqref.packed.save`. Every weight is set from
+    :func:`pvqref.codes.dequantize` of its codes, so a packed and reloaded model has the
+    same weights bit for bit. Chapter: Hessian-aware PVQ (book/hessian.ipynb)."""
     _checks.choice(method, "method", METHODS)
     needs_h = method in HESSIAN_METHODS or bool(measure_loss)
     if needs_h and calibration_windows is None:
@@ -230,21 +262,48 @@ def quantize_model(model, method: str, bpw: float, calibration_windows: torch.Te
             hidden, seed + RESIDUAL_SEED), backend="torch")
     reports: list[LayerReport] = []
     inputs = calibration.first_block_inputs(model, calibration_windows) if needs_h else None
+    settings = BlockSettings(method, bpw, seed, group, L, gain_bits, rotation, fold_rotations,
+                             keep_codes)
     for b, layer in enumerate(model.model.layers):
-        for i, (_, path, readers) in enumerate(calibration.LLAMA_INPUTS):
-            rotation_seed = _input_rotation_seed(rotation, seed, b, i)
-
-            def plan_of(shape, rotation_seed=rotation_seed):
-                return layer_plan(method, bpw, shape, group, L, gain_bits, rotation_seed)
-
-            H = calibration.input_second_moment(layer, inputs, path) if needs_h else None
-            _quantize_readers(layer, f"model.layers.{b}", H, readers, plan_of, reports,
-                              fold_rotations)
-        if needs_h:
-            inputs = calibration.run_block(layer, inputs)
+        inputs = quantize_block(layer, b, inputs, settings, reports)
         if progress is not None:
             progress(b, reports)
     return model, reports
+
+
+@dataclass(frozen=True)
+class BlockSettings:
+    """What :func:`quantize_block` needs besides the block (quantize_model's arguments)."""
+    method: str
+    bpw: float
+    seed: int = 0
+    group: int = 128
+    L: int = DEFAULT_L
+    gain_bits: int = DEFAULT_GAIN_BITS
+    rotation: str | None = "input"
+    fold_rotations: bool = True
+    keep_codes: bool = False
+
+
+def quantize_block(layer, b: int, inputs, settings: BlockSettings, reports: list):
+    """Quantize every linear layer of decoder block ``b`` (``layer``) in place, one
+    distinct input at a time against its second moment on ``inputs`` (the block's
+    calibration inputs, :class:`pvqref.hessian.calibration.BlockInputs`; None for a
+    data-free method), appending a LayerReport per layer to ``reports``. Returns the
+    next block's inputs (None without calibration). The loop body of
+    :func:`quantize_model`, also used by :func:`pvqref.stream.quantize_checkpoint`.
+    Chapter: Quantizing a real LLaMA model (book/llama.ipynb)."""
+    s = settings
+    for i, (_, path, readers) in enumerate(calibration.LLAMA_INPUTS):
+        rotation_seed = _input_rotation_seed(s.rotation, s.seed, b, i)
+
+        def plan_of(shape, rotation_seed=rotation_seed):
+            return layer_plan(s.method, s.bpw, shape, s.group, s.L, s.gain_bits, rotation_seed)
+
+        H = None if inputs is None else calibration.input_second_moment(layer, inputs, path)
+        _quantize_readers(layer, f"model.layers.{b}", H, readers, plan_of, reports,
+                          s.fold_rotations, s.keep_codes)
+    return None if inputs is None else calibration.run_block(layer, inputs)
 
 
 def _input_rotation_seed(rotation, seed: int, block: int, i: int):

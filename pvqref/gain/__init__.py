@@ -14,8 +14,8 @@ weight matrix with exact bit accounting. Its modules, in reading order:
 - ``config``: :class:`PVQConfig` (L, K, gain bits, norm bits, ...), what is stored and its
   exact bit count.
 - ``norms``: the side information, row norms stored as fp16 or as log-grid codes between a
-  per-matrix min and max (:func:`norm_levels`, :func:`coded_row_norms`,
-  :func:`decode_row_norms`).
+  per-matrix min and max (:func:`norm_levels`, :func:`encode_row_norms`,
+  :func:`coded_row_norms`, :func:`decode_row_norms`).
 - ``reference``, ``_numba``, ``_torch``: the three tiers of the per-group work (directions
   and gain codes, reconstruction, row-norm codes), the same functions in each; every entry
   point takes ``backend=`` ("auto" by default, see :mod:`pvqref._tiers`).
@@ -40,7 +40,7 @@ from ..baselines import relative_mse
 from .config import DEFAULT_NORM_BITS, GAIN_TARGETS, PVQConfig
 from .laws import (GAIN_KINDS, GainCodebook, coordinate_law, gain_codebook, lloyd_max_levels,
                    quantile_levels, share_law, uniform_levels)
-from .norms import coded_row_norms, decode_row_norms, norm_levels
+from .norms import coded_row_norms, decode_row_norms, encode_row_norms, norm_levels
 from .quantizer import (QuantizedMatrix, dequantize, from_bytes, normalised_gains, quantize,
                         quantize_dequantize)
 from .rate import DEFAULT_GROUP_SIZES, choose_config, config_for_rate
@@ -49,6 +49,7 @@ __all__ = [
     "BACKENDS", "GAIN_KINDS", "GAIN_TARGETS", "DEFAULT_NORM_BITS", "DEFAULT_GROUP_SIZES",
     "share_law", "coordinate_law", "quantile_levels", "uniform_levels", "lloyd_max_levels",
     "GainCodebook", "gain_codebook", "PVQConfig", "norm_levels", "coded_row_norms",
+    "encode_row_norms",
     "decode_row_norms", "QuantizedMatrix", "quantize", "dequantize", "quantize_dequantize",
     "normalised_gains", "from_bytes", "config_for_rate", "choose_config", "relative_mse",
 ]

@@ -112,12 +112,26 @@ def decode_row_norms(stored, norm_range, bits: int) -> np.ndarray:
     return levels[stored.astype(np.int64)]
 
 
-def coded_row_norms(W, config, backend: str = "auto") -> np.ndarray:
-    """The decoded row norms r_hat that :func:`pvqref.gain.quantize` uses for W (float64
-    NumPy), computed on ``backend``'s tier ("auto": torch for a tensor, numba otherwise).
+def encode_row_norms(W, config, backend: str = "auto"):
+    """``(stored, norm_range, r_hat)``: the row norms of W as :func:`pvqref.gain.quantize`
+    stores them (fp16 values, or uint16 log-grid codes), the norm range (fp32 (lo, hi), or
+    empty for fp16 norms) and the decoded norms r_hat (float64), all NumPy, computed on
+    ``backend``'s tier ("auto": torch for a tensor, numba otherwise).
 
     Chapter: Gain quantization (book/gain.ipynb), "Side information"."""
     tier = _tiers.load("pvqref.gain", _tiers.resolve(backend, W))
     check_matrix(W, config.L)
     _, r = tier.matrix(W)
-    return _tiers.to_numpy(tier.row_norms(r, config.norm_bits)[2])
+    stored, norm_range, r_hat = tier.row_norms(r, config.norm_bits)
+    stored = _tiers.to_numpy(stored, np.float16)
+    if config.norm_bits != FP16_NORMS:
+        stored = stored.astype(np.uint16)
+    return stored, np.asarray(norm_range, dtype=np.float32), _tiers.to_numpy(r_hat)
+
+
+def coded_row_norms(W, config, backend: str = "auto") -> np.ndarray:
+    """The decoded row norms r_hat that :func:`pvqref.gain.quantize` uses for W (float64
+    NumPy): the last of :func:`encode_row_norms`.
+
+    Chapter: Gain quantization (book/gain.ipynb), "Side information"."""
+    return encode_row_norms(W, config, backend)[2]

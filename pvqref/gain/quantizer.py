@@ -178,18 +178,27 @@ def quantize(W, config: PVQConfig, backend: str = "auto") -> QuantizedMatrix:
                            np.asarray(_tiers.to_numpy(e.codes), dtype=np.uint16), e.norm_range)
 
 
-def dequantize(Q: QuantizedMatrix, backend: str = "auto", device=None):
+def dequantize(Q: QuantizedMatrix, backend: str = "auto", device=None,
+               index_backend: str | None = None):
     """Reconstruct the (m, n) matrix: float64 NumPy, or with backend="torch" a float64
     tensor on ``device`` (default CPU). ("auto" is numba here: Q holds NumPy arrays.)
+    ``index_backend``: the tier that decodes the pyramid indices (integer work, the same
+    points in every tier; default ``backend``), e.g. "numba" for a torch reconstruction on
+    the CPU, where the Numba decoder is the faster.
 
     Chapter: Gain quantization (book/gain.ipynb), "The complete quantizer and its bits"."""
     tier = _tiers.resolve(backend)
     Q.validate()
     cfg = Q.config
     limbs, codes, r_hat = Q.indices, Q.gain_codes.astype(np.int64), Q.decoded_row_norms()
+    index_backend = _tiers.resolve(index_backend or tier)
+    if index_backend == "torch":
+        limbs = _tiers.to_torch(limbs, device)
+    Y = pyramid.decode_batch(limbs, cfg.L, cfg.K, backend=index_backend)
     if tier == "torch":
-        limbs, codes, r_hat = (_tiers.to_torch(a, device) for a in (limbs, codes, r_hat))
-    Y = pyramid.decode_batch(limbs, cfg.L, cfg.K, backend=tier)
+        Y, codes, r_hat = (_tiers.to_torch(a, device).to(device) for a in (Y, codes, r_hat))
+    else:
+        Y = _tiers.to_numpy(Y)
     return _decode(tier, Y, codes, r_hat, cfg, Q.shape)
 
 

@@ -147,7 +147,7 @@ def _prepare(W, H, backend, name):
 
 def gptq_quantize(W, H, bits: int, group: int = 128, act_order: bool = True,
                   feedback: bool = True, damp: float = DEFAULT_DAMP, name: str = "layer",
-                  backend: str = "auto"):
+                  backend: str = "auto", return_grid: bool = False):
     """GPTQ of W (out, in) against the input second moment H (in, in): per row and group of
     ``group`` consecutive input columns a min-max grid of 2^bits levels (fp16 scale and
     zero point: :func:`gptq_bits_per_weight`; a shorter last group when ``group`` does not
@@ -156,7 +156,10 @@ def gptq_quantize(W, H, bits: int, group: int = 128, act_order: bool = True,
     the columns not yet quantized. ``feedback=False`` is plain RTN on the same grid.
     H is damped by ``damp`` x its mean diagonal (x10 up to three more times if the
     factorisation fails; then ValueError naming ``name``); input columns with H_ii = 0 are
-    dead: their weights become 0. Returns Q like W (type, device, dtype).
+    dead: their weights become 0. Returns Q like W (type, device, dtype); with
+    ``return_grid`` also the grid, (Q, scale, zero), scale and zero float64 (out,
+    ceil(in / group)) holding fp16 values, with Q = code * scale + zero exactly (what a
+    packed model stores: :mod:`pvqref.codes`).
     Chapter: Hessian-aware PVQ (book/hessian.ipynb)."""
     bits = _checks.integer(bits, "bits", 1, 8)
     group = _checks.integer(group, "group", 1)
@@ -167,8 +170,8 @@ def gptq_quantize(W, H, bits: int, group: int = 128, act_order: bool = True,
     perm = _tiers.to_torch(order).to(W64.device) if tname == "torch" else order
     C, _ = _factor(tier, H64[perm][:, perm], damp, name)     # C in processing order
     W64[:, _dead_columns(diag, tname, W64)] = 0
-    Q = tier.gptq(W64, C, order, bits, group, static=act_order, feedback=feedback)
-    return _like(Q, W)
+    Q, scale, zero = tier.gptq(W64, C, order, bits, group, static=act_order, feedback=feedback)
+    return (_like(Q, W), scale, zero) if return_grid else _like(Q, W)
 
 
 def gptq_bits_per_weight(bits: int, group: int, n: int) -> float:
@@ -197,13 +200,16 @@ class PVQResult:
     ``orientation`` "input": group j of row i is columns jL..jL+L-1, gain codes
     (out, in/L), ``row_norms`` (out,) the coded row norms. "output": group g of column i
     is rows gL..gL+L-1, gain codes (in, out/L), ``row_norms`` (in,) the coded column norms
-    (the format of gain applied to W^T)."""
+    (the format of gain applied to W^T). ``stored_norms`` and ``norm_range``: the norms as
+    stored (:func:`pvqref.gain.encode_row_norms`)."""
     Q: object
     points: object
     gain_codes: object
     row_norms: np.ndarray
     config: object
     orientation: str = "input"
+    stored_norms: np.ndarray | None = None
+    norm_range: np.ndarray | None = None
 
 
 def pvq_quantize(W, H, config, feedback: bool = True, search: str = "euclidean",
@@ -244,8 +250,8 @@ def pvq_quantize(W, H, config, feedback: bool = True, search: str = "euclidean",
     C, dead = _factor(tier, H64, damp, name)
     W64[:, dead] = 0
     rows = _tiers.to_numpy(W64) if orientation == "input" else _tiers.to_numpy(W64).T
-    r_hat = np.asarray(gain.coded_row_norms(np.ascontiguousarray(rows), config),
-                       dtype=np.float64)
+    stored, norm_range, r_hat = gain.encode_row_norms(np.ascontiguousarray(rows), config)
+    r_hat = np.asarray(r_hat, dtype=np.float64)
     book = config.codebook(length)
     levels, thresholds, r = (_as_tier(v, tname, W64) for v in (book.levels, book.thresholds,
                                                                r_hat))
@@ -256,4 +262,4 @@ def pvq_quantize(W, H, config, feedback: bool = True, search: str = "euclidean",
         Q, codes, Y = tier.pvq_block_ldlq(W64, C, config.L, config.K, levels, thresholds, r,
                                           feedback, search == "hessian", moves, width,
                                           search_backend)
-    return PVQResult(_like(Q, W), Y, codes, r_hat, config, orientation)
+    return PVQResult(_like(Q, W), Y, codes, r_hat, config, orientation, stored, norm_range)

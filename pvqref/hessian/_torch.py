@@ -88,7 +88,7 @@ def gptq(W, C, order, bits: int, group: int, static: bool, feedback: bool = True
             X[:, b1:] -= errors @ C[b0:b1, b1:]
     out = torch.empty_like(Q)
     out[:, order] = Q
-    return out
+    return out, scale, zero
 
 
 def _gain_and_error(X, U, A, levels, thresholds, r_hat):

@@ -80,7 +80,8 @@ def gptq(W, C, order, bits: int, group: int, static: bool, feedback: bool = True
     original W when ``static`` (needed with act-order), else from the updated W when the
     loop reaches the group's first column. Column by column, no lazy batches (the oracle); without
     ``feedback`` each column is just rounded (RTN on the same grid). Returns Q in the
-    original column order. Chapter: Hessian-aware PVQ (book/hessian.ipynb)."""
+    original column order and the grid, (scale, zero) each (m, ceil(n / group)).
+    Chapter: Hessian-aware PVQ (book/hessian.ipynb)."""
     m, n = W.shape
     X = np.array(W[:, order], dtype=np.float64)     # targets, updated by the feedback
     Q = np.zeros_like(X)
@@ -99,7 +100,9 @@ def gptq(W, C, order, bits: int, group: int, static: bool, feedback: bool = True
             X[:, i + 1:] -= np.outer(err, C[i, i + 1:])
     out = np.empty_like(Q)
     out[:, order] = Q
-    return out
+    groups = range(-(-n // group))
+    return (out, np.stack([grids[g][0] for g in groups], axis=1),
+            np.stack([grids[g][1] for g in groups], axis=1))
 
 
 def _gain_and_error(X, U, A, levels, thresholds, r_hat):

@@ -1,0 +1,259 @@
+"""The command line, ``python -m pvqref`` or ``pvqref``: quantize, eval, generate, inspect.
+
+    pvqref quantize --method pvq-h --bpw 3.25 --out smollm2-pvq-h-3.25
+    pvqref eval smollm2-pvq-h-3.25            # perplexity at 512 and 2048, top-1, KL
+    pvqref generate smollm2-pvq-h-3.25 --prompt "The capital of France is"
+    pvqref inspect smollm2-pvq-h-3.25         # where the bits go
+    pvqref assets                             # locate the embedded model and texts
+
+``quantize`` reads a local LLaMA checkpoint folder (``--model``) or, by default, the
+embedded SmolLM2-135M-Instruct (:mod:`pvqref.data`), calibrates on the calibration split
+of the embedded texts, and writes a packed model folder (:mod:`pvqref.packed`). ``eval``
+compares a packed model with the model it came from (or ``--reference``) under
+:mod:`pvqref.evaluate`'s protocol on the evaluation split. A user mistake (a missing
+folder, a model that is not a LLaMA, a size a method cannot take, a corrupt file) is one
+line on stderr and exit status 2, no traceback (set PVQREF_DEBUG=1 for one).
+
+Chapter: Quantizing a real LLaMA model (book/llama.ipynb).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+EMBEDDED = "embedded:SmolLM2-135M-Instruct"
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for: reported in one line."""
+
+
+def source_folder(folder=None):
+    """(checkpoint folder, tokenizer) of a local LLaMA checkpoint, or of the embedded
+    SmolLM2 (its fp32 cache) for None / EMBEDDED; UserError for a missing folder, one
+    without a config, a model that is not a LLaMA, or one already quantized."""
+    from transformers import AutoTokenizer
+    if folder in (None, EMBEDDED):
+        from . import data
+        path = data.ensure_model_cache()
+        return path, AutoTokenizer.from_pretrained(path / "tokenizer")
+    path = Path(folder)
+    if not path.is_dir():
+        raise UserError(f"model folder {path} does not exist")
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError) as err:
+        raise UserError(f"{path} has no readable config.json ({err})") from None
+    if config.get("model_type") != "llama":
+        raise UserError(f"{path} holds a {config.get('model_type')!r} model, not a LLaMA "
+                        f"(model_type 'llama')")
+    if "quantization_config" in config:
+        raise UserError(f"{path} is already quantized "
+                        f"({config['quantization_config'].get('quant_method')})")
+    return path, AutoTokenizer.from_pretrained(path)
+
+
+def load_source(folder=None):
+    """(model, tokenizer) of :func:`source_folder`'s checkpoint, the model in fp32."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    if folder in (None, EMBEDDED):
+        from . import data
+        return data.load_model()
+    path, tok = source_folder(folder)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(), tok
+
+
+def _texts_ids(tokenizer, split: str):
+    import torch
+    from . import data
+    text = data.load_texts().joined(split)
+    return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def cmd_quantize(args) -> int:
+    import torch
+    from tqdm.auto import tqdm
+    from . import packed, pipeline, stream
+    from .hessian import calibration
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise UserError(f"{out} exists (add --overwrite to replace it)")
+    folder, tok = source_folder(args.model)
+    windows = None
+    if args.method in pipeline.HESSIAN_METHODS:
+        from . import data
+        windows = calibration.calibration_windows(
+            tok, data.load_texts().joined("calibration"), args.calibration,
+            args.calibration_tokens, seed=args.seed).to(args.device)
+    rotation = None if args.rotation == "none" else args.rotation
+    options = dict(seed=args.seed, group=args.group, L=args.L, gain_bits=args.gain_bits,
+                   rotation=rotation)
+    with tqdm(desc=f"{args.method} {args.bpw} bpw", unit="block", disable=args.quiet) as bar:
+        def progress(b, reports):
+            bar.update(1)
+        if rotation == "residual":          # rotates the whole model: in memory
+            model, _ = load_source(args.model)
+            qmodel, reports = pipeline.quantize_model(
+                model.to(args.device), args.method, args.bpw, windows, inplace=True,
+                keep_codes=True, progress=progress, **options)
+            config = qmodel.config.to_dict() | {"dtype": "float32"}
+            state = packed.unquantized_state(qmodel.to("cpu"), {r.name for r in reports})
+        else:                               # block by block from the checkpoint files
+            config, reports, state = stream.quantize_checkpoint(
+                folder, args.method, args.bpw, windows, device=args.device,
+                progress=progress, **options)
+    info = {"source": EMBEDDED if args.model is None else str(Path(args.model).resolve()),
+            "calibration": None if windows is None else list(windows.shape), **options}
+    if rotation == "residual":
+        info["residual_seed"] = args.seed + pipeline.RESIDUAL_SEED
+    state = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in state.items()}
+    packed.write(config, reports, state, out, tok, overwrite=args.overwrite, info=info)
+    print(f"wrote {out}: {pipeline.mean_bits_per_weight(reports):.3f} bits per weight "
+          f"({len(reports)} layers)")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from . import evaluate, packed
+    _, qc = packed.read_config(args.path)
+    model = packed.load(args.path, args.device)
+    reference = args.reference or qc.get("source", EMBEDDED)
+    ref_model, tok = load_source(reference)
+    ref_model.to(args.device)
+    ids = _texts_ids(tok, "evaluation")
+    rows = {"path": str(args.path), "reference": reference,
+            "bits_per_weight": qc["bits_per_weight"]}
+    for window in args.context:
+        n = max(1, args.windows * 512 // window)
+        rows[f"perplexity_{window}"] = evaluate.perplexity(model, ids, window, n)
+        rows[f"reference_perplexity_{window}"] = evaluate.perplexity(ref_model, ids, window, n)
+    rows.update(evaluate.agreement(model, ref_model, ids, 512, args.windows))
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    for window in args.context:
+        q, r = rows[f"perplexity_{window}"], rows[f"reference_perplexity_{window}"]
+        print(f"perplexity at {window} tokens: {q:.3f} (reference {r:.3f}, x{q / r:.3f})")
+    print(f"top-1 agreement with the reference: {rows['top1']:.4f}; mean KL divergence "
+          f"{rows['kl']:.4f} nats per token")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    import torch
+    from transformers import AutoTokenizer
+    from . import packed
+    packed.read_config(args.path)
+    model = packed.load(args.path, args.device)
+    tok = AutoTokenizer.from_pretrained(args.path)
+    prompt = args.prompt
+    if args.chat:
+        prompt = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                         add_generation_prompt=True)
+    ids = tok(prompt, return_tensors="pt", add_special_tokens=False).to(args.device)
+    torch.manual_seed(args.seed)
+    sample = {"do_sample": True, "temperature": args.temperature, "top_p": args.top_p} \
+        if args.sample else {"do_sample": False}
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=args.max_new_tokens,
+                             pad_token_id=tok.eos_token_id, **sample)
+    print(tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from . import packed
+    info = packed.inspect(args.path)
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    print(f"{info['quantized_weights']:,} quantized weights: "
+          f"{info['bits_per_weight_on_disk']:.4f} bits per weight on disk "
+          f"(the format claims {info['bits_per_weight_claimed']:.4f})")
+    for kind, b in info["bits_per_weight_by_kind"].items():
+        print(f"  {kind:<11} {info['bytes_by_kind'][kind]:>12,} bytes  {b:.4f} bits/weight")
+    print(f"unquantized tensors {info['unquantized_bytes']:,} bytes, header "
+          f"{info['header_bytes']:,} bytes; folder {info['folder_bytes']:,} bytes against "
+          f"{info['fp16_model_bytes']:,} for the model in fp16 "
+          f"({info['folder_bytes'] / info['fp16_model_bytes']:.3f}x)")
+    return 0
+
+
+def cmd_assets(args) -> int:
+    from . import data
+    try:
+        summary = data.check_assets()
+    except data.AssetMissingError as err:
+        raise UserError(str(err)) from None
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    from .pipeline import METHODS
+    p = argparse.ArgumentParser(prog="pvqref", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    q = sub.add_parser("quantize", help="quantize a LLaMA and write a packed model folder")
+    q.add_argument("--model", help="a local LLaMA checkpoint folder (default: the embedded "
+                                   "SmolLM2-135M-Instruct)")
+    q.add_argument("--method", default="pvq-h", choices=METHODS)
+    q.add_argument("--bpw", type=float, default=3.25, help="bits per weight (default 3.25)")
+    q.add_argument("--calibration", type=int, default=32, help="calibration windows")
+    q.add_argument("--calibration-tokens", type=int, default=512, help="tokens per window")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--device", default="cpu")
+    q.add_argument("--rotation", default="input", choices=("input", "residual", "none"))
+    q.add_argument("--group", type=int, default=128, help="group of the scalar methods")
+    q.add_argument("--L", type=int, default=64, help="PVQ group size")
+    q.add_argument("--gain-bits", type=int, default=3)
+    q.add_argument("--out", required=True, help="the packed model folder to write")
+    q.add_argument("--overwrite", action="store_true")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    e = sub.add_parser("eval", help="perplexity, top-1 agreement and KL to the reference")
+    e.add_argument("path")
+    e.add_argument("--reference", help="unquantized model folder (default: the source)")
+    e.add_argument("--windows", type=int, default=20, help="windows of 512 tokens (the "
+                   "same tokens are cut into 2048-token windows)")
+    e.add_argument("--context", type=int, nargs="+", default=[512, 2048])
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--json", action="store_true")
+    g = sub.add_parser("generate", help="generate text from a prompt")
+    g.add_argument("path")
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--max-new-tokens", type=int, default=40)
+    g.add_argument("--sample", action="store_true", help="sample (default: greedy)")
+    g.add_argument("--temperature", type=float, default=0.7)
+    g.add_argument("--top-p", type=float, default=0.9)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
+    g.add_argument("--device", default="cpu")
+    i = sub.add_parser("inspect", help="bits broken down by indices, gains, norms, side data")
+    i.add_argument("path")
+    i.add_argument("--json", action="store_true")
+    sub.add_parser("assets", help="locate the model and text assets, build the fp32 cache, "
+                                  "print a summary")
+    return p
+
+
+COMMANDS = {"quantize": cmd_quantize, "eval": cmd_eval, "generate": cmd_generate,
+            "inspect": cmd_inspect, "assets": cmd_assets}
+
+
+def main(argv=None) -> int:
+    """Run one subcommand; a user mistake is one line on stderr and exit status 2."""
+    args = parser().parse_args(argv)
+    from .packed import PackedModelError
+    try:
+        return COMMANDS[args.command](args)
+    except (UserError, PackedModelError, FileExistsError, FileNotFoundError, ValueError,
+            TypeError) as err:
+        if os.environ.get("PVQREF_DEBUG"):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,465 @@
+"""A packed model: a quantized LLaMA as a folder transformers users recognise.
+
+Layout of the folder :func:`save` writes (and :func:`load`, and transformers'
+``from_pretrained`` after ``import pvqref``, read)::
+
+    config.json          the model's config, plus "quantization_config": quant_method "pvq",
+                         the format version, the method, the rate, and one spec per
+                         quantized layer (its method, shape, format and rotation seed)
+    model.safetensors    every quantized layer as integer tensors, bit-packed exactly:
+                           PVQ:    <layer>.indices     U8   the pyramid indices, bits(L, K) each
+                                   <layer>.gain_codes  U8   gain_bits each
+                                   <layer>.norm_codes  U8   norm_bits each (16: fp16 values)
+                                   <layer>.norm_range  I32  lo, hi as fp32 bits (log norms)
+                           scalar: <layer>.codes       U8   bits each
+                                   <layer>.scales      I16  fp16 bits, one per group
+                                   <layer>.zeros       I16  fp16 bits, one per group
+                         and the unquantized tensors (embeddings, norms) in fp16; the file
+                         header's metadata holds a CRC-32 per tensor
+    tokenizer files      as ``tokenizer.save_pretrained`` writes them
+
+All integers are little-endian and packed least significant bit first (:mod:`pvqref.format`),
+so a layer's tensors hold exactly the bits its format accounts, rounded up to whole bytes.
+Side data are stored as integer views (I16 for fp16, I32 for fp32) so that no loader ever
+casts them to the model's dtype.
+
+Checks. Each tensor's CRC-32 covers its name, its layer's spec from config.json and its
+bytes: a flipped bit, or a config that says another format than the writer's, fails with
+the name of the tensor. The file's length is checked against its header (truncated, or
+bytes appended), every tensor the model needs must be there and nothing else, and shapes
+and dtypes must be the ones the spec implies. Every failure is a :class:`PackedModelError`
+(a ValueError) naming what is wrong.
+
+Writes are atomic: the folder is written under a temporary name beside the target and
+renamed into place, so an interrupted write leaves no half folder. The same model and
+reports write byte-identical files.
+
+Chapter: Quantizing a real LLaMA model (book/llama.ipynb).
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__, codes as _codes, format as _format
+
+QUANT_METHOD = "pvq"
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+PVQ_TENSORS = ("indices", "gain_codes", "norm_codes", "norm_range")
+SCALAR_TENSORS = ("codes", "scales", "zeros")
+PVQ_FIELDS = ("L", "K", "gain_bits", "gain_kind", "gain_target", "norm_bits")
+
+
+class PackedModelError(ValueError):
+    """A packed model folder that cannot be read as written: what is wrong, and where."""
+
+
+# -- one layer: spec, tensors, codes ---------------------------------------------------------
+
+def layer_spec(report) -> dict:
+    """The JSON spec of one quantized layer (a :class:`pvqref.pipeline.LayerReport` with
+    its plan and codes): method, shape, rotation seed and format fields."""
+    c = report.codes
+    spec = {"method": report.plan.method, "shape": [int(v) for v in report.shape],
+            "rotation_seed": report.plan.rotation_seed}
+    if isinstance(c, _codes.ScalarCodes):
+        spec.update(bits=c.bits, group=c.group, layout=c.layout)
+    else:
+        spec.update({f: getattr(c.config, f) for f in PVQ_FIELDS})
+    return spec
+
+
+def _is_pvq(spec: dict) -> bool:
+    return "L" in spec
+
+
+def _pvq_config(spec: dict):
+    from . import gain
+    return gain.PVQConfig(*(spec[f] for f in PVQ_FIELDS))
+
+
+def expected_tensors(spec: dict) -> dict:
+    """{suffix: (safetensors dtype, shape)} of the tensors a layer of ``spec`` stores."""
+    m, n = spec["shape"]
+    if _is_pvq(spec):
+        cfg = _pvq_config(spec)
+        G = m * n // cfg.L
+        out = {"indices": ("U8", [-(-G * cfg.index_bits // 8)]),
+               "gain_codes": ("U8", [-(-G * cfg.gain_bits // 8)]),
+               "norm_codes": ("U8", [-(-m * cfg.norm_bits // 8)])}
+        if cfg.norm_bits < _format.FP16_NORMS:
+            out["norm_range"] = ("I32", [2])
+        return out
+    grid = _codes.ScalarCodes((m, n), spec["bits"], spec["group"], spec["layout"],
+                              np.zeros(0, np.uint8), np.zeros(0, np.float16),
+                              np.zeros(0, np.float16)).grid_shape()
+    return {"codes": ("U8", [-(-m * n * spec["bits"] // 8)]), "scales": ("I16", list(grid)),
+            "zeros": ("I16", list(grid))}
+
+
+def _u8(data: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else \
+        torch.zeros(0, dtype=torch.uint8)
+
+
+def layer_tensors(c) -> dict:
+    """{suffix: integer tensor} of one layer's codes (see the module docstring)."""
+    from . import pyramid
+    if isinstance(c, _codes.ScalarCodes):
+        return {"codes": _u8(_format.pack_uints(c.codes.reshape(-1), c.bits)),
+                "scales": torch.from_numpy(c.scale.view(np.int16).copy()),
+                "zeros": torch.from_numpy(c.zero.view(np.int16).copy())}
+    cfg = c.config
+    norms = c.row_norms.view(np.uint16) if cfg.norm_bits == _format.FP16_NORMS else c.row_norms
+    out = {"indices": _u8(pyramid.pack_indices(c.indices, cfg.L, cfg.K)),
+           "gain_codes": _u8(_format.pack_uints(c.gain_codes, cfg.gain_bits)),
+           "norm_codes": _u8(_format.pack_uints(norms, cfg.norm_bits))}
+    if cfg.norm_bits < _format.FP16_NORMS:
+        out["norm_range"] = torch.from_numpy(c.norm_range.astype(np.float32).view(np.int32))
+    return out
+
+
+def layer_codes(name: str, spec: dict, tensors: dict):
+    """The codes of layer ``name`` from its tensors ({suffix: tensor}), checked against
+    ``spec``: PackedModelError naming the tensor for a missing one, a wrong dtype or
+    shape, or values the format cannot hold."""
+    from . import gain, pyramid
+    want = expected_tensors(spec)
+    dtypes = {"U8": torch.uint8, "I16": torch.int16, "I32": torch.int32}
+    for suffix, (dtype, shape) in want.items():
+        key = f"{name}.{suffix}"
+        if suffix not in tensors:
+            raise PackedModelError(f"tensor {key!r} is missing (layer {name} stores "
+                                   f"{', '.join(want)})")
+        t = tensors[suffix]
+        if t.dtype != dtypes[dtype] or list(t.shape) != shape:
+            raise PackedModelError(f"tensor {key!r} is {t.dtype} {list(t.shape)}, but its "
+                                   f"layer's spec needs {dtype} {shape}")
+    raw = {s: tensors[s].contiguous().cpu().numpy() for s in want}
+    m, n = spec["shape"]
+    try:
+        if not _is_pvq(spec):
+            grid = expected_tensors(spec)["scales"][1]
+            q = _format.unpack_uints(raw["codes"].tobytes(), m * n, spec["bits"])
+            c = _codes.ScalarCodes((m, n), spec["bits"], spec["group"], spec["layout"],
+                                   q.astype(np.uint8).reshape(m, n),
+                                   raw["scales"].view(np.float16).reshape(grid),
+                                   raw["zeros"].view(np.float16).reshape(grid))
+        else:
+            cfg = _pvq_config(spec)
+            G = m * n // cfg.L
+            limbs = pyramid.unpack_indices(raw["indices"].tobytes(), G, cfg.L, cfg.K)
+            g = _format.unpack_uints(raw["gain_codes"].tobytes(), G, cfg.gain_bits)
+            r = _format.unpack_uints(raw["norm_codes"].tobytes(), m, cfg.norm_bits)
+            r = r.astype(np.uint16)
+            fp16 = cfg.norm_bits == _format.FP16_NORMS
+            c = gain.QuantizedMatrix(
+                (m, n), cfg, r.view(np.float16) if fp16 else r, limbs, g.astype(np.uint16),
+                np.zeros(0, np.float32) if fp16 else raw["norm_range"].view(np.float32))
+        c.validate()
+    except ValueError as err:
+        raise PackedModelError(f"layer {name}: {err}") from None
+    return c
+
+
+def _checksum(key: str, spec: dict | None, data) -> str:
+    schema = json.dumps({"tensor": key, "layer": spec}, sort_keys=True).encode()
+    return f"{zlib.crc32(data, zlib.crc32(schema)):08x}"
+
+
+# -- writing --------------------------------------------------------------------------------
+
+def unquantized_state(model, quantized: set, dtype=torch.float32) -> dict:
+    """Every tensor of the model's state except the quantized layers' weights, floats as
+    ``dtype``; a tensor sharing storage with an earlier one (tied embeddings) is left out
+    (the config's tie_word_embeddings restores it)."""
+    out, seen = {}, set()
+    for key, value in model.state_dict().items():
+        layer, _, leaf = key.rpartition(".")
+        if layer in quantized and leaf == "weight":
+            continue
+        ptr = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape))
+        if ptr in seen:
+            continue
+        seen.add(ptr)
+        value = value.detach().cpu()
+        out[key] = (value.to(dtype) if value.is_floating_point() else value).contiguous()
+    return out
+
+
+def save(model, reports, path, tokenizer=None, dtype=torch.float16, overwrite: bool = False,
+         info: dict | None = None) -> Path:
+    """Write the packed model folder ``path`` (see the module docstring) for a model and
+    the reports of ``pipeline.quantize_model(..., keep_codes=True)``: the quantized layers
+    from their codes, every other tensor of ``model`` as ``dtype``, the tokenizer if
+    given, and ``info`` (JSON) into the quantization config. Atomic; refuses to replace an
+    existing folder unless ``overwrite``. Returns the path."""
+    reports = list(reports)
+    config = model.config.to_dict()
+    config["dtype"] = str(model.dtype).removeprefix("torch.")      # the compute dtype
+    state = unquantized_state(model, {r.name for r in reports}, dtype)
+    return write(config, reports, state, path, tokenizer, overwrite, info)
+
+
+def write(config: dict, reports, state: dict, path, tokenizer=None, overwrite: bool = False,
+          info: dict | None = None) -> Path:
+    """:func:`save` from its parts: the model's config (a dict, its "dtype" the compute
+    dtype), the reports with codes, and the unquantized tensors ``state`` ({name: tensor},
+    written as they are). Used by :func:`save` and :func:`pvqref.stream.quantize_checkpoint`,
+    which never holds a whole model."""
+    from . import pipeline
+    reports = list(reports)
+    if not reports or any(r.codes is None or r.plan is None for r in reports):
+        raise ValueError("save needs the reports of quantize_model(..., keep_codes=True): "
+                         "some layers carry no codes")
+    specs = {r.name: layer_spec(r) for r in reports}
+    tensors = {f"{r.name}.{s}": t for r in reports for s, t in layer_tensors(r.codes).items()}
+    tensors.update(state)
+    sums = {k: _checksum(k, specs.get(k.rpartition(".")[0]),
+                         t.contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            for k, t in tensors.items()}
+    config = dict(config)
+    config.pop("quantization_config", None)
+    dtypes = {str(t.dtype).removeprefix("torch.") for t in state.values()
+              if t.is_floating_point()}
+    config["quantization_config"] = {
+        "quant_method": QUANT_METHOD, "format_version": FORMAT_VERSION,
+        "pvqref_version": __version__, "method": reports[0].plan.method,
+        "bits_per_weight": pipeline.mean_bits_per_weight(reports),
+        "unquantized_dtype": "/".join(sorted(dtypes)), "layers": specs, **(info or {})}
+    metadata = {"format": "pt", "pvqref": json.dumps(
+        {"format_version": FORMAT_VERSION, "checksums": sums}, sort_keys=True)}
+
+    def write_into(tmp: Path):
+        _format.write_safetensors(tmp / WEIGHTS, tensors, metadata)
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+    return _format.atomic_folder(Path(path), overwrite, write_into)
+
+
+# -- reading --------------------------------------------------------------------------------
+
+def read_config(path) -> tuple[dict, dict]:
+    """(model config, quantization config) of a packed folder, checked: PackedModelError
+    for a missing folder or config, a config that is not pvqref's, or a format version
+    this reader does not know."""
+    path = Path(path)
+    if not path.is_dir():
+        raise PackedModelError(f"{path} is not a folder (a packed model is a folder with "
+                               f"{CONFIG} and {WEIGHTS})")
+    try:
+        config = json.loads((path / CONFIG).read_text())
+    except FileNotFoundError:
+        raise PackedModelError(f"{path} has no {CONFIG}") from None
+    except json.JSONDecodeError as err:
+        raise PackedModelError(f"{path / CONFIG} is not valid JSON: {err}") from None
+    qc = config.get("quantization_config")
+    if not isinstance(qc, dict) or qc.get("quant_method") != QUANT_METHOD:
+        raise PackedModelError(f"{path / CONFIG} has no quantization_config with quant_method "
+                               f"{QUANT_METHOD!r}: not a pvqref packed model")
+    if qc.get("format_version") != FORMAT_VERSION:
+        raise PackedModelError(f"packed format version {qc.get('format_version')!r} is not "
+                               f"supported (this reader reads version {FORMAT_VERSION})")
+    if not isinstance(qc.get("layers"), dict) or not qc["layers"]:
+        raise PackedModelError(f"{path / CONFIG}: quantization_config has no layers")
+    return config, qc
+
+
+def _header(file: Path, mm) -> tuple[dict, dict, int]:
+    """(tensor entries, metadata, data start) of a safetensors file, its length checked."""
+    size = len(mm)
+    n = int.from_bytes(mm[:8], "little") if size >= 8 else -1
+    if n < 0 or 8 + n > size:
+        raise PackedModelError(f"{file} is truncated: its header does not fit in {size} bytes")
+    try:
+        header = json.loads(bytes(mm[8:8 + n]))
+        meta = header.pop("__metadata__", {}) or {}
+        end = max((h["data_offsets"][1] for h in header.values()), default=0)
+    except (ValueError, KeyError, TypeError, IndexError) as err:
+        raise PackedModelError(f"{file}: the header is corrupt ({err})") from None
+    if 8 + n + end < size:
+        raise PackedModelError(f"{file} has {size - 8 - n - end} bytes after its last tensor "
+                               f"(appended to, or corrupt)")
+    if 8 + n + end > size:
+        raise PackedModelError(f"{file} is truncated: {8 + n + end - size} bytes of tensor "
+                               f"data are missing")
+    return header, meta, 8 + n
+
+
+def verify_file(file, layers: dict) -> list[str]:
+    """Check a packed model's safetensors file: its length, and every tensor's CRC-32
+    against the checksums in its header (covering the tensor's layer spec in ``layers``).
+    Returns the tensor names; PackedModelError naming the first bad tensor."""
+    file = Path(file)
+    if not file.is_file():
+        raise PackedModelError(f"{file} is missing")
+    with open(file, "rb") as fh:
+        if os.fstat(fh.fileno()).st_size == 0:
+            raise PackedModelError(f"{file} is empty")
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            header, meta, start = _header(file, mm)
+            try:
+                info = json.loads(meta["pvqref"])
+                sums = info["checksums"]
+            except (KeyError, ValueError, TypeError):
+                raise PackedModelError(f"{file} carries no pvqref checksums in its header: "
+                                       f"not written by pvqref.packed") from None
+            if set(sums) != set(header):
+                odd = sorted(set(sums) ^ set(header))[:3]
+                raise PackedModelError(f"{file}: the checksums and the tensors do not match "
+                                       f"(e.g. {odd}): corrupt header")
+            for key, h in header.items():
+                b, e = h["data_offsets"]
+                got = _checksum(key, layers.get(key.rpartition(".")[0]), mm[start + b:start + e])
+                if got != sums[key]:
+                    raise PackedModelError(
+                        f"tensor {key!r} fails its checksum: its bytes are corrupt, or "
+                        f"config.json describes its layer differently from the writer")
+    return list(header)
+
+
+def read(path) -> tuple[dict, dict, dict]:
+    """(model config, quantization config, tensors) of a packed folder, every check of
+    the module docstring done (except the match with a model's architecture: :func:`load`)."""
+    from safetensors.torch import load_file
+    config, qc = read_config(path)
+    verify_file(Path(path) / WEIGHTS, qc["layers"])
+    return config, qc, load_file(str(Path(path) / WEIGHTS))
+
+
+def _llama_config(config: dict):
+    from transformers import LlamaConfig
+    if config.get("model_type") != "llama":
+        raise PackedModelError(f"the packed model is a {config.get('model_type')!r}, not a "
+                               f"LLaMA (model_type 'llama')")
+    config = {k: v for k, v in config.items() if k != "quantization_config"}
+    return LlamaConfig.from_dict(config)
+
+
+def quantized_module(name: str, spec: dict, tensors: dict, shape, device, dtype,
+                     fold_rotations: bool, shared: dict):
+    """The module that replaces the (empty) linear layer ``name`` of ``shape`` (out, in)
+    in the architecture: an nn.Linear with
+    the decoded weight (the rotation folded back), or with ``fold_rotations=False`` a
+    :class:`pvqref.quantized.QuantizedLinear` sharing one online rotation per input seed
+    (``shared``: {(seed, n): SharedInputRotation}). ``tensors``: {suffix: tensor}."""
+    from . import coherence, pipeline, quantized
+    out_features, n = shape
+    if list(spec["shape"]) != [out_features, n]:
+        raise PackedModelError(f"layer {name}: the config says shape {spec['shape']}, the "
+                               f"architecture has {[out_features, n]}")
+    Q_rot = _codes.dequantize(layer_codes(name, spec, tensors), device)
+    seed = spec["rotation_seed"]
+    R = None if seed is None else coherence.RandomizedHadamard(n, seed)
+    bias = tensors.get("bias")
+    bias = None if bias is None else bias.to(device=device, dtype=dtype)
+    if fold_rotations or R is None:
+        new = torch.nn.Linear(n, out_features, bias=bias is not None, device="meta")
+        new.weight = torch.nn.Parameter(pipeline.fold_rotation(Q_rot, R).to(dtype),
+                                        requires_grad=False)
+        if bias is not None:
+            new.bias = torch.nn.Parameter(bias, requires_grad=False)
+        return new
+    rotation = shared.setdefault((seed, n), quantized.SharedInputRotation(R))
+    return quantized.QuantizedLinear(Q_rot.to(dtype), bias, rotation)
+
+
+def _dtype(name) -> torch.dtype:
+    dtype = getattr(torch, str(name).removeprefix("torch."), None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise PackedModelError(f"{name!r} is not a floating torch dtype")
+    return dtype
+
+
+def load(path, device="cpu", fold_rotations: bool = True, dtype=None):
+    """A LlamaForCausalLM from the packed folder ``path``, on ``device``: every check of
+    the module docstring, then each quantized layer decoded by
+    :func:`pvqref.codes.dequantize` (indices with the Numba tier on the CPU, the torch tier
+    on a GPU) and either folded back into a dense nn.Linear (``fold_rotations``, the
+    default) or kept as a :class:`pvqref.quantized.QuantizedLinear` with online input
+    rotations. ``dtype``: the compute dtype (default the config's). In eval mode."""
+    from accelerate import init_empty_weights
+    from transformers import LlamaForCausalLM
+    config, qc, tensors = read(path)
+    llama = _llama_config(config)
+    dtype = _dtype(dtype or config.get("dtype") or "float32")
+    device = torch.device(device)
+    with init_empty_weights(include_buffers=False):
+        model = LlamaForCausalLM(llama)
+    shared: dict = {}
+    for name, spec in qc["layers"].items():
+        try:
+            linear = model.get_submodule(name)
+        except AttributeError:
+            linear = None
+        if not isinstance(linear, torch.nn.Linear):
+            raise PackedModelError(f"layer {name} of the quantization config is not a linear "
+                                   f"layer of this LLaMA")
+        own = {k.rpartition(".")[2]: tensors.pop(k) for k in list(tensors)
+               if k.rpartition(".")[0] == name}
+        new = quantized_module(name, spec, own, (linear.out_features, linear.in_features),
+                               device, dtype, fold_rotations, shared)
+        parent, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent), leaf, new)
+    needed = {k for k, v in model.state_dict().items() if v.device.type == "meta"}
+    if llama.tie_word_embeddings:
+        needed.discard("lm_head.weight")
+    missing, unexpected = sorted(needed - set(tensors)), sorted(set(tensors) - needed)
+    if missing or unexpected:
+        raise PackedModelError(f"{Path(path) / WEIGHTS}: " + "; ".join(
+            p for p in (missing and f"tensor(s) missing: {missing[:4]}",
+                        unexpected and f"unexpected tensor(s): {unexpected[:4]}") if p))
+    state = {k: (v.to(dtype) if v.is_floating_point() else v).to(device)
+             for k, v in tensors.items()}
+    model.load_state_dict(state, strict=False, assign=True)
+    if llama.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    model.to(device)
+    model.config.quantization_config = qc
+    return model.eval()
+
+
+def inspect(path) -> dict:
+    """Where a packed model's bytes go: per kind of data (indices, gain codes, row norms,
+    side data of scalar methods, unquantized tensors, the file header), bytes on disk and
+    bits per quantized weight, next to the rate the format claims; the folder's size
+    against the same model in fp16. Verifies the file first."""
+    config, qc = read_config(path)
+    file = Path(path) / WEIGHTS
+    verify_file(file, qc["layers"])
+    with open(file, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        header, _, start = _header(file, mm)
+    kinds = {"indices": "indices", "gain_codes": "gain codes", "norm_codes": "row norms",
+             "norm_range": "side data", "codes": "indices", "scales": "side data",
+             "zeros": "side data"}
+    by_kind = {k: 0 for k in ("indices", "gain codes", "row norms", "side data")}
+    unquantized = unquantized_params = 0
+    for key, h in header.items():
+        layer, _, suffix = key.rpartition(".")
+        size = h["data_offsets"][1] - h["data_offsets"][0]
+        if layer in qc["layers"]:
+            by_kind[kinds[suffix]] += size
+        else:
+            unquantized += size
+            unquantized_params += int(np.prod(h["shape"]))
+    weights = sum(s["shape"][0] * s["shape"][1] for s in qc["layers"].values())
+    folder = sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file())
+    quantized_bytes = sum(by_kind.values())
+    return {"quantized_weights": weights,
+            "bits_per_weight_claimed": qc["bits_per_weight"],
+            "bits_per_weight_on_disk": 8 * quantized_bytes / weights,
+            "bytes_by_kind": by_kind,
+            "bits_per_weight_by_kind": {k: 8 * v / weights for k, v in by_kind.items()},
+            "quantized_bytes": quantized_bytes, "unquantized_bytes": unquantized,
+            "header_bytes": start, "folder_bytes": folder,
+            "fp16_model_bytes": 2 * (weights + unquantized_params)}

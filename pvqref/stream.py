@@ -1,0 +1,143 @@
+"""Quantize a LLaMA checkpoint block by block, straight from its (sharded) safetensors.
+
+:func:`pvqref.pipeline.quantize_model` takes a model in memory. For a checkpoint larger
+than memory, :func:`quantize_checkpoint` never builds the whole model: it makes the
+architecture with empty (meta) weights, reads the embedding, and then, for each decoder
+block in order, reads that block's tensors from the checkpoint files (through their
+index, ``model.safetensors.index.json``, when the checkpoint is sharded), quantizes it
+with the same block step as the in-memory quantizer (:func:`pvqref.pipeline.quantize_block`),
+runs the calibration activations through it, keeps its codes and its small unquantized
+tensors (norms), and empties it again. Peak memory is the embedding, one decoder block in
+fp32, the calibration activations and the codes so far, not the model.
+
+The result is written with :func:`pvqref.packed.write` into the same packed folder as an
+in-memory quantization gives: for the same checkpoint, method and seed, the two paths
+store the same codes (tested).
+
+Limits: ``rotation="residual"`` rotates the embedding, every block and the head together,
+so it needs the whole model (use ``quantize_model``); tensors are read in fp32.
+
+Chapter: Quantizing a real LLaMA model (book/llama.ipynb).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from . import _checks, pipeline
+from .hessian import calibration
+
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+
+
+class Checkpoint:
+    """The tensors of a checkpoint folder, read one at a time from its safetensors files
+    (sharded with an index, or a single file). ``names``: every tensor name."""
+
+    def __init__(self, folder):
+        from safetensors import safe_open
+        self.folder = Path(folder)
+        if (self.folder / INDEX).is_file():
+            weight_map = json.loads((self.folder / INDEX).read_text())["weight_map"]
+        elif (self.folder / SINGLE).is_file():
+            with safe_open(self.folder / SINGLE, "pt") as f:
+                weight_map = {k: SINGLE for k in f.keys()}
+        else:
+            raise FileNotFoundError(f"{self.folder} has neither {INDEX} nor {SINGLE}")
+        self.weight_map = weight_map
+        self.names = sorted(weight_map)
+        self._files = {}
+
+    def _file(self, name: str):
+        from safetensors import safe_open
+        shard = self.weight_map[name]
+        if shard not in self._files:
+            path = self.folder / shard
+            if not path.is_file():
+                raise FileNotFoundError(f"shard {shard} named by {INDEX} is missing")
+            self._files[shard] = safe_open(path, "pt")
+        return self._files[shard]
+
+    def get(self, name: str) -> torch.Tensor:
+        """One tensor, as stored."""
+        if name not in self.weight_map:
+            raise KeyError(f"the checkpoint has no tensor {name!r}")
+        return self._file(name).get_tensor(name)
+
+
+def _materialize(module, prefix: str, ckpt: Checkpoint, device, dtype) -> dict:
+    """Load every parameter of ``module`` (named ``prefix`` + its own name) from the
+    checkpoint, in place; returns {full name: tensor}."""
+    loaded = {}
+    for name, _ in list(module.named_parameters()):
+        full = prefix + name
+        value = ckpt.get(full).to(device=device, dtype=dtype)
+        owner, _, leaf = name.rpartition(".")
+        target = module.get_submodule(owner) if owner else module
+        setattr(target, leaf, torch.nn.Parameter(value, requires_grad=False))
+        loaded[full] = value
+    return loaded
+
+
+def _empty(module) -> None:
+    """Give a module's parameters and buffers back (to the meta device)."""
+    module.to_empty(device="meta")
+
+
+def quantize_checkpoint(folder, method: str, bpw: float, calibration_windows=None,
+                        seed: int = 0, group: int = 128, L: int = pipeline.DEFAULT_L,
+                        gain_bits: int = pipeline.DEFAULT_GAIN_BITS, rotation="input",
+                        device="cpu", progress=None):
+    """Quantize the LLaMA checkpoint ``folder`` block by block (see the module docstring)
+    with the arguments of :func:`pvqref.pipeline.quantize_model`. Returns ``(config,
+    reports, state)``: the model's config as a dict, one LayerReport per layer with its
+    codes, and the unquantized tensors (embedding, norms, an untied head) in fp32 on the
+    CPU, ready for :func:`pvqref.packed.write`."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, LlamaForCausalLM
+    _checks.choice(method, "method", pipeline.METHODS)
+    if rotation == "residual":
+        raise ValueError("rotation='residual' rotates the whole model at once: use "
+                         "pipeline.quantize_model on a model in memory")
+    if rotation is not None:
+        _checks.choice(rotation, "rotation", ("input",))
+    needs_h = method in pipeline.HESSIAN_METHODS
+    if needs_h and calibration_windows is None:
+        raise ValueError(f"method {method!r} needs calibration windows")
+    config = AutoConfig.from_pretrained(folder)
+    if config.model_type != "llama":
+        raise ValueError(f"{folder} holds a {config.model_type!r} model, not a LLaMA")
+    ckpt = Checkpoint(folder)
+    with init_empty_weights(include_buffers=False):
+        model = LlamaForCausalLM(config)
+    model.eval()
+    fp32 = torch.float32
+    state = {}
+    state.update(_materialize(model.model.embed_tokens, "model.embed_tokens.", ckpt, device,
+                              fp32))
+    settings = pipeline.BlockSettings(method, bpw, seed, group, L, gain_bits, rotation,
+                                      True, True)
+    reports: list = []
+    inputs = calibration.first_block_inputs(model, calibration_windows) if needs_h else None
+    for b, layer in enumerate(model.model.layers):
+        prefix = f"model.layers.{b}."
+        _materialize(layer, prefix, ckpt, device, fp32)
+        inputs = pipeline.quantize_block(layer, b, inputs, settings, reports)
+        quantized = {r.name for r in reports}
+        for name, value in layer.named_parameters():
+            if (prefix + name).rpartition(".")[0] not in quantized:
+                state[prefix + name] = value.detach().cpu().clone()
+        _empty(layer)
+        if progress is not None:
+            progress(b, reports)
+    state.update(_materialize(model.model.norm, "model.norm.", ckpt, "cpu", fp32))
+    if not config.tie_word_embeddings:
+        state.update(_materialize(model.lm_head, "lm_head.", ckpt, "cpu", fp32))
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    out = config.to_dict()
+    out["dtype"] = "float32"
+    return out, reports, state
