@@ -25,6 +25,7 @@ from __future__ import annotations
 import importlib.abc
 import importlib.util
 import sys
+import warnings
 
 AUTO_MODULE = "transformers.quantizers.auto"
 _registered = False
@@ -144,7 +145,12 @@ class _RegisterOnImport(importlib.abc.MetaPathFinder):
             exec_module(module)
             if self in sys.meta_path:
                 sys.meta_path.remove(self)
-            register()
+            try:
+                register()
+            except Exception as err:        # never break importing transformers itself
+                warnings.warn(f"pvqref could not register its 'pvq' quantizer with "
+                              f"transformers ({type(err).__name__}: {err}); "
+                              f"pvqref.load_quantized still works", stacklevel=2)
         spec.loader.exec_module = exec_and_register
         return spec
 

@@ -267,3 +267,14 @@ def test_missing_folder_and_files(tmp_path, copy):
     (copy / "model.safetensors").unlink()
     with pytest.raises(packed.PackedModelError, match="model.safetensors is missing"):
         packed.load(copy)
+
+
+def test_import_pvqref_registers_pvq_with_transformers_lazily():
+    import subprocess
+    import sys
+    script = ("import sys, pvqref; assert 'transformers' not in sys.modules; "
+              "from transformers.quantizers.auto import AUTO_QUANTIZER_MAPPING as M, "
+              "AUTO_QUANTIZATION_CONFIG_MAPPING as C; print('pvq' in M and 'pvq' in C)")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "True", out.stderr
