@@ -194,7 +194,7 @@ def cmd_assets(args) -> int:
     return 0
 
 
-def parser() -> argparse.ArgumentParser:
+def parser():
     """The argument parser of every subcommand."""
     from .pipeline import METHODS
     p = argparse.ArgumentParser(prog="pvqref", description=__doc__.split("\n\n")[0])

@@ -2,12 +2,12 @@
 
 transformers (5.x) lets a library register a quantization method by name:
 ``register_quantization_config("pvq")`` maps the ``quantization_config`` of a checkpoint's
-config.json to :class:`PVQQuantizationConfig`, and ``register_quantizer("pvq")`` maps it to
-:class:`PVQHfQuantizer`, which ``from_pretrained`` then drives:
+config.json to ``PVQQuantizationConfig``, and ``register_quantizer("pvq")`` maps it to
+``PVQHfQuantizer``, which ``from_pretrained`` then drives:
 
 1. before the weights load, it verifies the checkpoint files (length, per-tensor CRC-32:
    :func:`pvqref.packed.verify_file`) and replaces every quantized nn.Linear of the empty
-   model by a :class:`PackedLinear`, whose buffers have the names, dtypes and shapes of
+   model by a ``PackedLinear``, whose buffers have the names, dtypes and shapes of
    the layer's stored integer tensors, so that transformers' own loader fills them;
 2. after loading, each PackedLinear is decoded by the same function as
    :func:`pvqref.packed.load` (:func:`pvqref.packed.quantized_module`) into a dense
