@@ -135,7 +135,11 @@ def test_residual_rotation_packs_as_a_plain_llama(tmp_path):
 
 
 def test_two_runs_with_one_seed_write_identical_bytes(tmp_path):
-    paths = [packed.save(*quantize("pvq-h"), tmp_path / f"run{i}") for i in range(2)]
+    from transformers import AutoTokenizer
+    from pvqref import data
+    tok = AutoTokenizer.from_pretrained(data.ensure_model_cache() / "tokenizer")
+    paths = [packed.save(*quantize("pvq-h"), tmp_path / f"run{i}", tok) for i in range(2)]
+    assert "tokenizer.json" in os.listdir(paths[0])
     for name in sorted(os.listdir(paths[0])):
         assert (paths[0] / name).read_bytes() == (paths[1] / name).read_bytes(), name
     other = packed.save(*quantize("pvq-h", seed=1), tmp_path / "seed1")
