@@ -43,6 +43,7 @@ import json
 import mmap
 import os
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -65,17 +66,31 @@ class PackedModelError(ValueError):
 
 # -- one layer: spec, tensors, codes ---------------------------------------------------------
 
+@dataclass(frozen=True)
+class PackedLayer:
+    """A layer's codes already turned into its stored tensors (``fields``: the format part
+    of its spec), which hold bpw / 8 bytes per weight instead of the unpacked codes: what
+    the streamed quantizer keeps of each block. Chapter: Quantizing a real LLaMA model
+    (book/llama.ipynb)."""
+    fields: dict
+    tensors: dict
+
+
+def pack_layer(c) -> PackedLayer:
+    """The PackedLayer of a layer's codes (a QuantizedMatrix or a ScalarCodes)."""
+    if isinstance(c, _codes.ScalarCodes):
+        fields = {"bits": c.bits, "group": c.group, "layout": c.layout}
+    else:
+        fields = {f: getattr(c.config, f) for f in PVQ_FIELDS}
+    return PackedLayer(fields, layer_tensors(c))
+
+
 def layer_spec(report) -> dict:
     """The JSON spec of one quantized layer (a :class:`pvqref.pipeline.LayerReport` with
     its plan and codes): method, shape, rotation seed and format fields."""
-    c = report.codes
-    spec = {"method": report.plan.method, "shape": [int(v) for v in report.shape],
-            "rotation_seed": report.plan.rotation_seed}
-    if isinstance(c, _codes.ScalarCodes):
-        spec.update(bits=c.bits, group=c.group, layout=c.layout)
-    else:
-        spec.update({f: getattr(c.config, f) for f in PVQ_FIELDS})
-    return spec
+    c = report.codes if isinstance(report.codes, PackedLayer) else pack_layer(report.codes)
+    return {"method": report.plan.method, "shape": [int(v) for v in report.shape],
+            "rotation_seed": report.plan.rotation_seed, **c.fields}
 
 
 def _is_pvq(spec: dict) -> bool:
@@ -114,6 +129,8 @@ def _u8(data: bytes) -> torch.Tensor:
 def layer_tensors(c) -> dict:
     """{suffix: integer tensor} of one layer's codes (see the module docstring)."""
     from . import pyramid
+    if isinstance(c, PackedLayer):
+        return c.tensors
     if isinstance(c, _codes.ScalarCodes):
         return {"codes": _u8(_format.pack_uints(c.codes.reshape(-1), c.bits)),
                 "scales": torch.from_numpy(c.scale.view(np.int16).copy()),

@@ -22,12 +22,13 @@ Chapter: Quantizing a real LLaMA model (book/llama.ipynb).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import torch
 
-from . import _checks, pipeline
+from . import _checks, packed, pipeline
 from .hessian import calibration
 
 INDEX = "model.safetensors.index.json"
@@ -139,7 +140,10 @@ def quantize_checkpoint(folder, method: str, bpw: float, calibration_windows=Non
     for b, layer in enumerate(model.model.layers):
         prefix = f"model.layers.{b}."
         _materialize(layer, prefix, ckpt, device, fp32)
+        done = len(reports)
         inputs = pipeline.quantize_block(layer, b, inputs, settings, reports)
+        reports[done:] = [dataclasses.replace(r, codes=packed.pack_layer(r.codes))
+                          for r in reports[done:]]          # keep bpw / 8 bytes per weight
         quantized = {r.name for r in reports}
         for name, value in layer.named_parameters():
             if (prefix + name).rpartition(".")[0] not in quantized:
