@@ -197,8 +197,8 @@ print(f"weights as quantized, bit for bit: {same}; identical logits: {torch.equa
 """)
 
 md(r"""
-A damaged file fails loudly. Flip one bit of one stored index and both loaders refuse
-it, naming the tensor:
+A damaged file fails loudly. Flip one bit in the middle of the file (here it lands in
+the embedding) and both loaders refuse it, naming the tensor:
 """)
 
 code(r"""
