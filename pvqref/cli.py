@@ -93,26 +93,27 @@ def cmd_quantize(args) -> int:
     rotation = None if args.rotation == "none" else args.rotation
     options = dict(seed=args.seed, group=args.group, L=args.L, gain_bits=args.gain_bits,
                    rotation=rotation)
+    info = {"source": EMBEDDED if args.model is None else str(Path(args.model).resolve()),
+            "calibration": None if windows is None else list(windows.shape), **options}
     with tqdm(desc=f"{args.method} {args.bpw} bpw", unit="block", disable=args.quiet) as bar:
         def progress(b, reports):
             bar.update(1)
         if rotation == "residual":          # rotates the whole model: in memory
+            info["residual_seed"] = args.seed + pipeline.RESIDUAL_SEED
             model, _ = load_source(args.model)
             qmodel, reports = pipeline.quantize_model(
                 model.to(args.device), args.method, args.bpw, windows, inplace=True,
                 keep_codes=True, progress=progress, **options)
-            config = qmodel.config.to_dict() | {"dtype": "float32"}
-            state = packed.unquantized_state(qmodel.to("cpu"), {r.name for r in reports})
+            packed.save(qmodel.to("cpu"), reports, out, tok, overwrite=args.overwrite,
+                        info=info)
         else:                               # block by block from the checkpoint files
             config, reports, state = stream.quantize_checkpoint(
                 folder, args.method, args.bpw, windows, device=args.device,
                 progress=progress, **options)
-    info = {"source": EMBEDDED if args.model is None else str(Path(args.model).resolve()),
-            "calibration": None if windows is None else list(windows.shape), **options}
-    if rotation == "residual":
-        info["residual_seed"] = args.seed + pipeline.RESIDUAL_SEED
-    state = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in state.items()}
-    packed.write(config, reports, state, out, tok, overwrite=args.overwrite, info=info)
+            state = {k: v.to(torch.float16) if v.is_floating_point() else v
+                     for k, v in state.items()}
+            packed.write(config, reports, state, out, tok, overwrite=args.overwrite,
+                         info=info)
     print(f"wrote {out}: {pipeline.mean_bits_per_weight(reports):.3f} bits per weight "
           f"({len(reports)} layers)")
     return 0
@@ -120,8 +121,8 @@ def cmd_quantize(args) -> int:
 
 def cmd_eval(args) -> int:
     from . import evaluate, packed
-    _, qc = packed.read_config(args.path)
     model = packed.load(args.path, args.device)
+    qc = model.config.quantization_config
     reference = args.reference or qc.get("source", EMBEDDED)
     ref_model, tok = load_source(reference)
     ref_model.to(args.device)
@@ -148,7 +149,6 @@ def cmd_generate(args) -> int:
     import torch
     from transformers import AutoTokenizer
     from . import packed
-    packed.read_config(args.path)
     model = packed.load(args.path, args.device)
     tok = AutoTokenizer.from_pretrained(args.path)
     prompt = args.prompt

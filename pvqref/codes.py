@@ -31,6 +31,13 @@ from . import _checks
 SCALAR_LAYOUTS = ("flat", "row")
 
 
+def scalar_grid_shape(shape, group: int, layout: str) -> tuple:
+    """The shape of the scales and zero points of :class:`ScalarCodes` of ``layout`` for a
+    weight of ``shape`` (m, n). Chapter: Quantizing a real LLaMA model (book/llama.ipynb)."""
+    m, n = shape
+    return (m * n // group,) if layout == "flat" else (m, -(-n // group))
+
+
 @dataclass(frozen=True)
 class ScalarCodes:
     """Min-max scalar codes of an (m, n) weight: ``codes`` (m, n) uint8, and per group an
@@ -49,8 +56,7 @@ class ScalarCodes:
 
     def grid_shape(self) -> tuple:
         """The shape of ``scale`` and ``zero``."""
-        m, n = self.shape
-        return (m * n // self.group,) if self.layout == "flat" else (m, -(-n // self.group))
+        return scalar_grid_shape(self.shape, self.group, self.layout)
 
     def validate(self) -> None:
         """ValueError unless the arrays fit the shape, layout and bits."""

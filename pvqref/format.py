@@ -216,28 +216,35 @@ SAFETENSORS_DTYPES = {"uint8": "U8", "int8": "I8", "int16": "I16", "int32": "I32
                       "float64": "F64"}        # torch dtype name -> safetensors dtype
 
 
-def write_safetensors(file: Path, tensors: dict, metadata: dict) -> None:
-    """A safetensors file with its tensors in sorted name order and a header with sorted
-    keys, so the same tensors give the same bytes (safetensors' own writer orders its
-    header differently from run to run). Chapter: Quantizing a real LLaMA model
+def tensor_bytes(t) -> bytes:
+    """The bytes of a CPU tensor as a safetensors file stores them (row-major, the
+    machine's little-endian layout). Chapter: Quantizing a real LLaMA model
     (book/llama.ipynb)."""
     import torch
+    return t.contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b""
+
+
+def write_safetensors(file: Path, tensors: dict, data: dict, metadata: dict) -> None:
+    """A safetensors file of ``tensors`` ({name: tensor}, their bytes ``data[name]`` from
+    :func:`tensor_bytes`, computed once by the caller, which checksums them) in sorted
+    name order with a header with sorted keys, so the same tensors give the same bytes
+    (safetensors' own writer orders its header differently from run to run).
+    Chapter: Quantizing a real LLaMA model (book/llama.ipynb)."""
     header, offset, blobs = {"__metadata__": metadata}, 0, []
     for key in sorted(tensors):
-        t = tensors[key].contiguous()
-        data = t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        t, blob = tensors[key], data[key]
         dtype = SAFETENSORS_DTYPES[str(t.dtype).removeprefix("torch.")]
         header[key] = {"dtype": dtype, "shape": list(t.shape),
-                       "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
+                       "data_offsets": [offset, offset + len(blob)]}
+        blobs.append(blob)
+        offset += len(blob)
     text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
     with open(file, "wb") as fh:
         fh.write(len(text).to_bytes(8, "little"))
         fh.write(text)
-        for data in blobs:
-            fh.write(data)
+        for blob in blobs:
+            fh.write(blob)
 
 
 def atomic_folder(path: Path, overwrite: bool, write) -> Path:

@@ -76,21 +76,25 @@ class PackedLayer:
     tensors: dict
 
 
+def format_fields(c) -> dict:
+    """The format part of a layer's spec, from its codes (or a PackedLayer)."""
+    if isinstance(c, PackedLayer):
+        return c.fields
+    if isinstance(c, _codes.ScalarCodes):
+        return {"bits": c.bits, "group": c.group, "layout": c.layout}
+    return {f: getattr(c.config, f) for f in PVQ_FIELDS}
+
+
 def pack_layer(c) -> PackedLayer:
     """The PackedLayer of a layer's codes (a QuantizedMatrix or a ScalarCodes)."""
-    if isinstance(c, _codes.ScalarCodes):
-        fields = {"bits": c.bits, "group": c.group, "layout": c.layout}
-    else:
-        fields = {f: getattr(c.config, f) for f in PVQ_FIELDS}
-    return PackedLayer(fields, layer_tensors(c))
+    return PackedLayer(format_fields(c), layer_tensors(c))
 
 
 def layer_spec(report) -> dict:
     """The JSON spec of one quantized layer (a :class:`pvqref.pipeline.LayerReport` with
     its plan and codes): method, shape, rotation seed and format fields."""
-    c = report.codes if isinstance(report.codes, PackedLayer) else pack_layer(report.codes)
     return {"method": report.plan.method, "shape": [int(v) for v in report.shape],
-            "rotation_seed": report.plan.rotation_seed, **c.fields}
+            "rotation_seed": report.plan.rotation_seed, **format_fields(report.codes)}
 
 
 def _is_pvq(spec: dict) -> bool:
@@ -114,9 +118,7 @@ def expected_tensors(spec: dict) -> dict:
         if cfg.norm_bits < _format.FP16_NORMS:
             out["norm_range"] = ("I32", [2])
         return out
-    grid = _codes.ScalarCodes((m, n), spec["bits"], spec["group"], spec["layout"],
-                              np.zeros(0, np.uint8), np.zeros(0, np.float16),
-                              np.zeros(0, np.float16)).grid_shape()
+    grid = _codes.scalar_grid_shape((m, n), spec["group"], spec["layout"])
     return {"codes": ("U8", [-(-m * n * spec["bits"] // 8)]), "scales": ("I16", list(grid)),
             "zeros": ("I16", list(grid))}
 
@@ -165,7 +167,7 @@ def layer_codes(name: str, spec: dict, tensors: dict):
     m, n = spec["shape"]
     try:
         if not _is_pvq(spec):
-            grid = expected_tensors(spec)["scales"][1]
+            grid = want["scales"][1]
             q = _format.unpack_uints(raw["codes"].tobytes(), m * n, spec["bits"])
             c = _codes.ScalarCodes((m, n), spec["bits"], spec["group"], spec["layout"],
                                    q.astype(np.uint8).reshape(m, n),
@@ -195,7 +197,7 @@ def _checksum(key: str, spec: dict | None, data) -> str:
 
 # -- writing --------------------------------------------------------------------------------
 
-def unquantized_state(model, quantized: set, dtype=torch.float32) -> dict:
+def _unquantized_state(model, quantized: set, dtype) -> dict:
     """Every tensor of the model's state except the quantized layers' weights, floats as
     ``dtype``; a tensor sharing storage with an earlier one (tied embeddings) is left out
     (the config's tie_word_embeddings restores it)."""
@@ -223,7 +225,7 @@ def save(model, reports, path, tokenizer=None, dtype=torch.float16, overwrite: b
     reports = list(reports)
     config = model.config.to_dict()
     config["dtype"] = str(model.dtype).removeprefix("torch.")      # the compute dtype
-    state = unquantized_state(model, {r.name for r in reports}, dtype)
+    state = _unquantized_state(model, {r.name for r in reports}, dtype)
     return write(config, reports, state, path, tokenizer, overwrite, info)
 
 
@@ -241,9 +243,8 @@ def write(config: dict, reports, state: dict, path, tokenizer=None, overwrite: b
     specs = {r.name: layer_spec(r) for r in reports}
     tensors = {f"{r.name}.{s}": t for r in reports for s, t in layer_tensors(r.codes).items()}
     tensors.update(state)
-    sums = {k: _checksum(k, specs.get(k.rpartition(".")[0]),
-                         t.contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-            for k, t in tensors.items()}
+    data = {k: _format.tensor_bytes(t) for k, t in tensors.items()}
+    sums = {k: _checksum(k, specs.get(k.rpartition(".")[0]), b) for k, b in data.items()}
     config = dict(config)
     config.pop("quantization_config", None)
     dtypes = {str(t.dtype).removeprefix("torch.") for t in state.values()
@@ -257,7 +258,7 @@ def write(config: dict, reports, state: dict, path, tokenizer=None, overwrite: b
         {"format_version": FORMAT_VERSION, "checksums": sums}, sort_keys=True)}
 
     def write_into(tmp: Path):
-        _format.write_safetensors(tmp / WEIGHTS, tensors, metadata)
+        _format.write_safetensors(tmp / WEIGHTS, tensors, data, metadata)
         (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
@@ -313,10 +314,11 @@ def _header(file: Path, mm) -> tuple[dict, dict, int]:
     return header, meta, 8 + n
 
 
-def verify_file(file, layers: dict) -> list[str]:
+def verify_file(file, layers: dict) -> tuple[dict, int]:
     """Check a packed model's safetensors file: its length, and every tensor's CRC-32
     against the checksums in its header (covering the tensor's layer spec in ``layers``).
-    Returns the tensor names; PackedModelError naming the first bad tensor."""
+    Returns (the header's tensor entries, the offset where the tensor data starts);
+    PackedModelError naming the first bad tensor."""
     file = Path(file)
     if not file.is_file():
         raise PackedModelError(f"{file} is missing")
@@ -342,7 +344,7 @@ def verify_file(file, layers: dict) -> list[str]:
                     raise PackedModelError(
                         f"tensor {key!r} fails its checksum: its bytes are corrupt, or "
                         f"config.json describes its layer differently from the writer")
-    return list(header)
+    return header, start
 
 
 def read(path) -> tuple[dict, dict, dict]:
@@ -414,6 +416,10 @@ def load(path, device="cpu", fold_rotations: bool = True, dtype=None):
     with init_empty_weights(include_buffers=False):
         model = LlamaForCausalLM(llama)
     shared: dict = {}
+    by_layer: dict = {}                      # {layer: {suffix: tensor}} of the quantized layers
+    for key in [k for k in tensors if k.rpartition(".")[0] in qc["layers"]]:
+        layer, _, suffix = key.rpartition(".")
+        by_layer.setdefault(layer, {})[suffix] = tensors.pop(key)
     for name, spec in qc["layers"].items():
         try:
             linear = model.get_submodule(name)
@@ -422,9 +428,7 @@ def load(path, device="cpu", fold_rotations: bool = True, dtype=None):
         if not isinstance(linear, torch.nn.Linear):
             raise PackedModelError(f"layer {name} of the quantization config is not a linear "
                                    f"layer of this LLaMA")
-        own = {k.rpartition(".")[2]: tensors.pop(k) for k in list(tensors)
-               if k.rpartition(".")[0] == name}
-        new = quantized_module(name, spec, own, (linear.out_features, linear.in_features),
+        new = quantized_module(name, spec, by_layer.get(name, {}), (linear.out_features, linear.in_features),
                                device, dtype, fold_rotations, shared)
         parent, _, leaf = name.rpartition(".")
         setattr(model.get_submodule(parent), leaf, new)
@@ -453,9 +457,7 @@ def inspect(path) -> dict:
     against the same model in fp16. Verifies the file first."""
     config, qc = read_config(path)
     file = Path(path) / WEIGHTS
-    verify_file(file, qc["layers"])
-    with open(file, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        header, _, start = _header(file, mm)
+    header, start = verify_file(file, qc["layers"])
     kinds = {"indices": "indices", "gain_codes": "gain codes", "norm_codes": "row norms",
              "norm_range": "side data", "codes": "indices", "scales": "side data",
              "zeros": "side data"}

@@ -149,9 +149,9 @@ def encode_layer(W: torch.Tensor, H: torch.Tensor | None, plan: LayerPlan,
     if R is not None:
         W, H = rotate_problem(W, H, R)
     if plan.method == "rtn":
-        grid = baselines.rtn_codes(W, plan.bits, plan.group)
-        c = codes.ScalarCodes(tuple(W.shape), plan.bits, plan.group, "flat", *grid[:1],
-                              *(g.astype(np.float16) for g in grid[1:]))
+        q, scale, zero = baselines.rtn_codes(W, plan.bits, plan.group)
+        c = codes.ScalarCodes(tuple(W.shape), plan.bits, plan.group, "flat", q,
+                              scale.astype(np.float16), zero.astype(np.float16))
     elif plan.method == "gptq":
         c = codes.scalar_codes(*hessian.gptq_quantize(W, H, plan.bits, plan.group,
                                                       act_order=True, name=name,

@@ -96,11 +96,6 @@ def _fixed_mmap_threshold(threshold: int = 128 * 1024) -> None:
         pass
 
 
-def _empty(module) -> None:
-    """Give a module's parameters and buffers back (to the meta device)."""
-    module.to_empty(device="meta")
-
-
 def quantize_checkpoint(folder, method: str, bpw: float, calibration_windows=None,
                         seed: int = 0, group: int = 128, L: int = pipeline.DEFAULT_L,
                         gain_bits: int = pipeline.DEFAULT_GAIN_BITS, rotation="input",
@@ -148,7 +143,7 @@ def quantize_checkpoint(folder, method: str, bpw: float, calibration_windows=Non
         for name, value in layer.named_parameters():
             if (prefix + name).rpartition(".")[0] not in quantized:
                 state[prefix + name] = value.detach().cpu().clone()
-        _empty(layer)
+        layer.to_empty(device="meta")       # give the block's memory back
         if progress is not None:
             progress(b, reports)
     state.update(_materialize(model.model.norm, "model.norm.", ckpt, "cpu", fp32))

@@ -43,6 +43,27 @@ def best_time(fn, repeats: int) -> float:
     return min(times)
 
 
+def peak_rss_gb() -> float:
+    """This process's peak resident memory so far (ru_maxrss), in GiB."""
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+
+
+def _call(fn_and_args):
+    fn, args = fn_and_args
+    return fn(*args)
+
+
+def in_fresh_processes(fn, cases, jobs: int = 1):
+    """``fn(*case)`` for every case, each in a fresh spawned process (so that its peak
+    memory is its own), ``jobs`` at a time; the results are yielded in order as they come.
+    ``fn`` must be a module-level function."""
+    import multiprocessing
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(jobs, maxtasksperchild=1) as pool:
+        yield from pool.imap(_call, [(fn, tuple(c)) for c in cases])
+
+
 def machine() -> dict:
     """What the numbers were measured on."""
     import numba

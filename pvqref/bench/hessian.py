@@ -20,14 +20,12 @@ Chapter: Hessian-aware PVQ (book/hessian.ipynb).
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import resource
 import time
 
 import numpy as np
 
-from . import best_time, command_line, save
+from . import best_time, command_line, in_fresh_processes, peak_rss_gb, save
 
 METHODS = ("rtn", "gptq", "pvq", "pvq-fb", "pvq-h")
 ROWS = {"torch": 1536, "numba": 1536, "reference": 64}
@@ -43,10 +41,6 @@ GRID = [(m, 3.25, r) for m in ("pvq-h", "gptq") for r in ("input", "residual", N
 def _one_thread():
     import torch
     torch.set_num_threads(1)
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def layer_case(method: str, backend: str, repeats: int) -> dict:
@@ -69,7 +63,7 @@ def layer_case(method: str, backend: str, repeats: int) -> dict:
            "pvq-h": lambda: hessian.pvq_quantize(W, H, cfg, search="hessian",
                                                  backend=backend)}[method]
     return {"method": method, "backend": backend, "rows": m,
-            "seconds": best_time(run, repeats), "peak_rss_mb": _peak_rss_mb()}
+            "seconds": best_time(run, repeats), "peak_rss_mb": 1024 * peak_rss_gb()}
 
 
 def model_case(method: str, bpw: float, rotation) -> dict:
@@ -91,24 +85,19 @@ def model_case(method: str, bpw: float, rotation) -> dict:
     ppl = evaluate.perplexity(quantized, ids, EVALUATION[1], EVALUATION[0])
     return {"method": method, "bpw_asked": bpw, "rotation": rotation,
             "bpw": pipeline.mean_bits_per_weight(report), "perplexity": ppl,
-            "seconds": seconds, "peak_rss_gb": _peak_rss_mb() / 1024}
+            "seconds": seconds, "peak_rss_gb": peak_rss_gb()}
 
 
-def _worker(args):
-    kind, case = args
-    return layer_case(*case) if kind == "layer" else model_case(*case)
 
 
 def run_cases(kind: str, cases: list, jobs: int = 1, on_row=None) -> list[dict]:
     """Run every case in its own fresh process, ``jobs`` at a time, in order; ``on_row``
     sees the rows so far after each one (to record a long run as it goes)."""
-    ctx = multiprocessing.get_context("spawn")
     rows = []
-    with ctx.Pool(jobs, maxtasksperchild=1) as pool:
-        for row in pool.imap(_worker, [(kind, c) for c in cases]):
-            rows.append(row)
-            if on_row is not None:
-                on_row(rows)
+    for row in in_fresh_processes(layer_case if kind == "layer" else model_case, cases, jobs):
+        rows.append(row)
+        if on_row is not None:
+            on_row(rows)
     return rows
 
 

@@ -16,20 +16,15 @@ Chapter: Quantizing a real LLaMA model (book/llama.ipynb).
 from __future__ import annotations
 
 import os
-import resource
 import tempfile
 import time
 
-from . import command_line, save
+from . import command_line, in_fresh_processes, peak_rss_gb, save
 
 CALIBRATION = (32, 512)
 EVALUATION = (20, 512)
 LONG = (5, 2048)                  # the same 10 240 tokens as 5 windows of 2048
 GRID = [("pvq-h", 3.25)]
-
-
-def _peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
 
 
 def evaluate_model(model, reference, ids) -> dict:
@@ -59,7 +54,7 @@ def model_case(method: str, bpw: float) -> dict:
     seconds = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as tmp:
         path = packed.save(model, reports, os.path.join(tmp, "packed"), tok)
-        peak_quantize = _peak_rss_gb()
+        peak_quantize = peak_rss_gb()
         info = packed.inspect(path)
         del model, reports
         loaded = packed.load(path)
@@ -96,25 +91,22 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _worker(case):
-    return unquantized_case() if case is None else model_case(*case)
+def _case(method=None, bpw=None) -> dict:
+    return unquantized_case() if method is None else model_case(method, bpw)
 
 
 def main(argv=None) -> None:
     """The command line of ``benchmarks/bench_llama.py``."""
-    import multiprocessing
     args, load = command_line("llama", __doc__, argv)
     settings = {"calibration": list(CALIBRATION), "evaluation": list(EVALUATION),
                 "long": list(LONG), "seed": 0, "rotation": "input",
                 "threads": int(os.environ.get("PVQREF_THREADS", "1"))}
     rows = []
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(1, maxtasksperchild=1) as pool:
-        for row in pool.imap(_worker, [None] + GRID):
-            rows.append(row)
-            print(table(rows[-1:]).splitlines()[-1], flush=True)
-            if args.save:
-                save("llama", rows, settings, load)
+    for row in in_fresh_processes(_case, [()] + GRID):
+        rows.append(row)
+        print(table(rows[-1:]).splitlines()[-1], flush=True)
+        if args.save:
+            save("llama", rows, settings, load)
 
 
 # -- what the chapter renders from the recorded runs ----------------------------------------

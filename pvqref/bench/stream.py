@@ -19,13 +19,11 @@ Chapter: Quantizing a real LLaMA model (book/llama.ipynb).
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import resource
 import tempfile
 import time
 
-from . import command_line, save
+from . import command_line, in_fresh_processes, peak_rss_gb, save
 
 SIZES = {                     # hidden, intermediate, blocks, heads, kv heads
     "135M": (576, 1536, 30, 9, 3),
@@ -42,10 +40,6 @@ def _config(size: str):
     return LlamaConfig(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=inter,
                        num_hidden_layers=blocks, num_attention_heads=heads,
                        num_key_value_heads=kv, tie_word_embeddings=True)
-
-
-def _peak_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
 
 
 def make_checkpoint(size: str, folder: str) -> int:
@@ -72,13 +66,7 @@ def quantize_case(path: str, folder: str, out: str) -> dict:
         q, reports = pipeline.quantize_model(model, METHOD, BPW, None, inplace=True,
                                              keep_codes=True)
         packed.save(q, reports, out)
-    return {"path": path, "seconds": time.perf_counter() - start, "peak_rss_gb": _peak_gb()}
-
-
-def _in_fresh_process(fn, *args):
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(1, maxtasksperchild=1) as pool:
-        return pool.apply(fn, args)
+    return {"path": path, "seconds": time.perf_counter() - start, "peak_rss_gb": peak_rss_gb()}
 
 
 def table(rows: list[dict]) -> str:
@@ -100,11 +88,11 @@ def main(argv=None) -> None:
     for size in SIZES:
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = os.path.join(tmp, "ckpt")
-            params = _in_fresh_process(make_checkpoint, size, ckpt)
+            [params] = in_fresh_processes(make_checkpoint, [(size, ckpt)])
             gb = sum(os.path.getsize(os.path.join(ckpt, f)) for f in os.listdir(ckpt)) / 1e9
             for path in ("streamed", "in memory"):
-                row = _in_fresh_process(quantize_case, path, ckpt,
-                                        os.path.join(tmp, path.replace(" ", "-")))
+                out = os.path.join(tmp, path.replace(" ", "-"))
+                [row] = in_fresh_processes(quantize_case, [(path, ckpt, out)])
                 rows.append({"size": size, "parameters": params, "checkpoint_gb": gb, **row})
                 print(table(rows[-1:]).splitlines()[-1], flush=True)
                 if args.save:
