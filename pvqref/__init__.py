@@ -27,10 +27,11 @@ stays cheap and does not load torch or transformers.
 __version__ = "0.1.0"
 
 
-def load_quantized(path, device="cpu", fold_rotations: bool = True, dtype=None):
+def load_quantized(path, device=None, fold_rotations: bool = True, dtype=None,
+                   device_map=None, max_memory=None):
     """A LlamaForCausalLM from a packed model folder: :func:`pvqref.packed.load`."""
     from . import packed
-    return packed.load(path, device, fold_rotations, dtype)
+    return packed.load(path, device, fold_rotations, dtype, device_map, max_memory)
 
 
 def _install_transformers_hook():

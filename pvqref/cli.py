@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 EMBEDDED = "embedded:SmolLM2-135M-Instruct"
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")   # placement.STRATEGIES
 
 
 class UserError(Exception):
@@ -57,15 +58,21 @@ def source_folder(folder=None):
     return path, AutoTokenizer.from_pretrained(path)
 
 
-def load_source(folder=None):
-    """(model, tokenizer) of :func:`source_folder`'s checkpoint, the model in fp32."""
+def load_source(folder=None, device_map=None):
+    """(model, tokenizer) of :func:`source_folder`'s checkpoint, the model in fp32; with
+    ``device_map`` placed over the devices (a folder by transformers as it loads, so that
+    the whole model never sits in CPU memory)."""
     import torch
     from transformers import AutoModelForCausalLM
     if folder in (None, EMBEDDED):
-        from . import data
-        return data.load_model()
+        from . import data, placement
+        model, tok = data.load_model()
+        if device_map:
+            model = placement.dispatch(model, placement.plan(model, device_map))
+        return model, tok
     path, tok = source_folder(folder)
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(), tok
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
+                                                device_map=device_map).eval(), tok
 
 
 def _texts_ids(tokenizer, split: str):
@@ -119,13 +126,22 @@ def cmd_quantize(args) -> int:
     return 0
 
 
+def _load_packed(args):
+    """The packed model of ``args.path`` on ``--device``, or over ``--device-map``."""
+    from . import packed
+    if args.device_map:
+        return packed.load(args.path, device_map=args.device_map)
+    return packed.load(args.path, args.device)
+
+
 def cmd_eval(args) -> int:
-    from . import evaluate, packed
-    model = packed.load(args.path, args.device)
+    from . import evaluate
+    model = _load_packed(args)
     qc = model.config.quantization_config
     reference = args.reference or qc.get("source", EMBEDDED)
-    ref_model, tok = load_source(reference)
-    ref_model.to(args.device)
+    ref_model, tok = load_source(reference, args.device_map)
+    if not args.device_map:
+        ref_model.to(args.device)
     ids = _texts_ids(tok, "evaluation")
     rows = {"path": str(args.path), "reference": reference,
             "bits_per_weight": qc["bits_per_weight"]}
@@ -148,14 +164,13 @@ def cmd_eval(args) -> int:
 def cmd_generate(args) -> int:
     import torch
     from transformers import AutoTokenizer
-    from . import packed
-    model = packed.load(args.path, args.device)
+    model = _load_packed(args)
     tok = AutoTokenizer.from_pretrained(args.path)
     prompt = args.prompt
     if args.chat:
         prompt = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                          add_generation_prompt=True)
-    ids = tok(prompt, return_tensors="pt", add_special_tokens=False).to(args.device)
+    ids = tok(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
     torch.manual_seed(args.seed)
     sample = {"do_sample": True, "temperature": args.temperature, "top_p": args.top_p} \
         if args.sample else {"do_sample": False}
@@ -222,6 +237,8 @@ def parser():
                    "same tokens are cut into 2048-token windows)")
     e.add_argument("--context", type=int, nargs="+", default=[512, 2048])
     e.add_argument("--device", default="cpu")
+    e.add_argument("--device-map", choices=DEVICE_MAPS, help="place whole decoder blocks "
+                   "over every GPU with accelerate (instead of --device)")
     e.add_argument("--json", action="store_true")
     g = sub.add_parser("generate", help="generate text from a prompt")
     g.add_argument("path")
@@ -233,6 +250,8 @@ def parser():
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
     g.add_argument("--device", default="cpu")
+    g.add_argument("--device-map", choices=DEVICE_MAPS, help="place whole decoder blocks "
+                   "over every GPU with accelerate (instead of --device)")
     i = sub.add_parser("inspect", help="bits broken down by indices, gains, norms, side data")
     i.add_argument("path")
     i.add_argument("--json", action="store_true")

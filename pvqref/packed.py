@@ -371,7 +371,7 @@ def quantized_module(name: str, spec: dict, tensors: dict, shape, device, dtype,
     in the architecture: an nn.Linear with
     the decoded weight (the rotation folded back), or with ``fold_rotations=False`` a
     :class:`pvqref.quantized.QuantizedLinear` sharing one online rotation per input seed
-    (``shared``: {(seed, n): SharedInputRotation}). ``tensors``: {suffix: tensor}."""
+    (``shared``: {(seed, n, device): SharedInputRotation}). ``tensors``: {suffix: tensor}."""
     from . import coherence, pipeline, quantized
     out_features, n = shape
     if list(spec["shape"]) != [out_features, n]:
@@ -389,7 +389,7 @@ def quantized_module(name: str, spec: dict, tensors: dict, shape, device, dtype,
         if bias is not None:
             new.bias = torch.nn.Parameter(bias, requires_grad=False)
         return new
-    rotation = shared.setdefault((seed, n), quantized.SharedInputRotation(R))
+    rotation = shared.setdefault((seed, n, str(device)), quantized.SharedInputRotation(R))
     return quantized.QuantizedLinear(Q_rot.to(dtype), bias, rotation)
 
 
@@ -400,21 +400,34 @@ def _dtype(name) -> torch.dtype:
     return dtype
 
 
-def load(path, device="cpu", fold_rotations: bool = True, dtype=None):
-    """A LlamaForCausalLM from the packed folder ``path``, on ``device``: every check of
-    the module docstring, then each quantized layer decoded by
+def load(path, device=None, fold_rotations: bool = True, dtype=None, device_map=None,
+         max_memory=None):
+    """A LlamaForCausalLM from the packed folder ``path``, on ``device`` (default the CPU):
+    every check of the module docstring, then each quantized layer decoded by
     :func:`pvqref.codes.dequantize` (indices with the Numba tier on the CPU, the torch tier
     on a GPU) and either folded back into a dense nn.Linear (``fold_rotations``, the
     default) or kept as a :class:`pvqref.quantized.QuantizedLinear` with online input
-    rotations. ``dtype``: the compute dtype (default the config's). In eval mode."""
+    rotations. ``dtype``: the compute dtype (default the config's). ``device_map``
+    instead of ``device``: whole decoder blocks over several devices, a strategy ("auto",
+    "balanced", ...; within ``max_memory``) or a {module: device} dict, as transformers'
+    ``from_pretrained``; each layer is decoded on its own device (:mod:`pvqref.placement`).
+    In eval mode."""
     from accelerate import init_empty_weights
     from transformers import LlamaForCausalLM
+
+    from . import placement
+    if device is not None and device_map is not None:
+        raise ValueError("give device or device_map, not both")
     config, qc, tensors = read(path)
     llama = _llama_config(config)
     dtype = _dtype(dtype or config.get("dtype") or "float32")
-    device = torch.device(device)
     with init_empty_weights(include_buffers=False):
         model = LlamaForCausalLM(llama)
+    if device_map is None:
+        device_map = {"": torch.device(device or "cpu")}
+    else:
+        model.tie_weights()
+        device_map = placement.plan(model, device_map, max_memory, dtype)
     shared: dict = {}
     by_layer: dict = {}                      # {layer: {suffix: tensor}} of the quantized layers
     for key in [k for k in tensors if k.rpartition(".")[0] in qc["layers"]]:
@@ -428,8 +441,10 @@ def load(path, device="cpu", fold_rotations: bool = True, dtype=None):
         if not isinstance(linear, torch.nn.Linear):
             raise PackedModelError(f"layer {name} of the quantization config is not a linear "
                                    f"layer of this LLaMA")
-        new = quantized_module(name, spec, by_layer.get(name, {}), (linear.out_features, linear.in_features),
-                               device, dtype, fold_rotations, shared)
+        new = quantized_module(name, spec, by_layer.get(name, {}),
+                               (linear.out_features, linear.in_features),
+                               placement.device_of(device_map, name), dtype, fold_rotations,
+                               shared)
         parent, _, leaf = name.rpartition(".")
         setattr(model.get_submodule(parent), leaf, new)
     needed = {k for k, v in model.state_dict().items() if v.device.type == "meta"}
@@ -440,12 +455,12 @@ def load(path, device="cpu", fold_rotations: bool = True, dtype=None):
         raise PackedModelError(f"{Path(path) / WEIGHTS}: " + "; ".join(
             p for p in (missing and f"tensor(s) missing: {missing[:4]}",
                         unexpected and f"unexpected tensor(s): {unexpected[:4]}") if p))
-    state = {k: (v.to(dtype) if v.is_floating_point() else v).to(device)
-             for k, v in tensors.items()}
+    state = {k: (v.to(dtype) if v.is_floating_point() else v).to(
+        placement.device_of(device_map, k)) for k, v in tensors.items()}
     model.load_state_dict(state, strict=False, assign=True)
     if llama.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
-    model.to(device)
+    model = placement.dispatch(model, device_map)
     model.config.quantization_config = qc
     return model.eval()
 

@@ -56,6 +56,19 @@ def test_eval_and_generate(quantized, capsys):
     assert capsys.readouterr().out.strip()
 
 
+def test_eval_and_generate_over_a_device_map_match_one_device(quantized, capsys):
+    run = ["eval", str(quantized), "--windows", "1", "--context", "128", "--json"]
+    assert cli.main(run) == 0
+    one = json.loads(capsys.readouterr().out)
+    assert cli.main(run + ["--device-map", "auto"]) == 0
+    assert json.loads(capsys.readouterr().out) == one
+    gen = ["generate", str(quantized), "--prompt", "Hello", "--max-new-tokens", "3"]
+    assert cli.main(gen) == 0
+    first = capsys.readouterr().out
+    assert cli.main(gen + ["--device-map", "sequential"]) == 0
+    assert capsys.readouterr().out == first
+
+
 def test_inspect_prints_the_breakdown(quantized, capsys):
     assert cli.main(["inspect", str(quantized)]) == 0
     out = capsys.readouterr().out

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 import pvqref
-from pvqref import codes, format as fmt, gain, hessian, packed, pipeline
+from pvqref import codes, format as fmt, gain, hessian, packed, pipeline, placement
 from pvqref.quantized import QuantizedLinear
 
 torch.set_num_threads(1)
@@ -282,3 +282,66 @@ def test_import_pvqref_registers_pvq_with_transformers_lazily():
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "True", out.stderr
+
+
+# -- placement over devices (accelerate's device_map) ----------------------------------------
+
+def block_map(split_device="cpu"):
+    """Every top-level part and decoder block placed explicitly (the shape of a multi-GPU
+    map); block 1 on ``split_device``."""
+    return {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu",
+            "model.layers.1": split_device, "model.norm": "cpu", "lm_head": "cpu"}
+
+
+@pytest.mark.parametrize("device_map", ["auto", "balanced", "sequential", block_map()])
+def test_a_device_map_loads_the_same_model(saved, device_map):
+    _, _, path = saved
+    placed = pvqref.load_quantized(path, device_map=device_map, max_memory={"cpu": "2GiB"})
+    assert torch.equal(logits(placed), logits(pvqref.load_quantized(path)))
+
+
+def test_each_layer_is_decoded_on_the_device_its_block_is_mapped_to(saved, monkeypatch):
+    """Without a second device, the routing is what can be checked: every quantized layer
+    and stored tensor goes to its block's device (recorded; decoded on the CPU), and the
+    model is dispatched with the whole map."""
+    _, reports, path = saved
+    seen, dispatched = {}, {}
+    decode = packed.quantized_module
+
+    def record(name, spec, tensors, shape, device, *args):
+        seen[name] = str(device)
+        return decode(name, spec, tensors, shape, torch.device("cpu"), *args)
+
+    def dispatch(model, device_map):
+        dispatched.update(device_map)
+        return model
+    monkeypatch.setattr(packed, "quantized_module", record)
+    monkeypatch.setattr(placement, "dispatch", dispatch)
+    monkeypatch.setattr(torch.Tensor, "to", lambda t, *a, **k: t if a and str(a[0]) == "cuda:1"
+                        else _tensor_to(t, *a, **k))
+    packed.load(path, device_map=block_map(1))
+    assert {n: d for n, d in seen.items()} == {
+        r.name: "cuda:1" if r.name.startswith("model.layers.1.") else "cpu" for r in reports}
+    assert dispatched == block_map(1)
+
+
+_tensor_to = torch.Tensor.to
+
+
+def test_from_pretrained_with_a_device_map(saved):
+    _, _, path = saved
+    hf = AutoModelForCausalLM.from_pretrained(path, device_map="auto")
+    assert torch.equal(logits(hf), logits(pvqref.load_quantized(path)))
+
+
+def test_bad_device_maps_are_refused(saved):
+    _, _, path = saved
+    with pytest.raises(ValueError, match="not both"):
+        pvqref.load_quantized(path, device="cpu", device_map="auto")
+    with pytest.raises(ValueError, match="one of"):
+        pvqref.load_quantized(path, device_map="everywhere")
+    partial = {k: v for k, v in block_map().items() if k != "model.norm"}
+    with pytest.raises(ValueError, match="model.norm.weight"):
+        pvqref.load_quantized(path, device_map=partial)
+    with pytest.raises(ValueError, match="offloading is not supported"):
+        pvqref.load_quantized(path, device_map=block_map("disk"))

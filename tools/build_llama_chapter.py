@@ -390,18 +390,29 @@ book.table(["model", "parameters (B)", "fp16 checkpoint (GB)", "path", "peak RSS
 """)
 
 md(r"""
-A 7B model fits on one 24 GB GPU next to its activations; a 70B model does not, and
-there the blocks are placed over several devices with accelerate's `device_map` (the
-library transformers already uses for this), keeping only the block being quantized and
-its activations on the working GPU. **Neither has run in this project**: the
-checkpoint is streamed block by block (above), but no placement over devices is written
-yet, and no GPU was available. These are estimates from shapes, not measurements.
+A 7B model fits on one 24 GB GPU next to its activations; a 70B model does not. The
+streamed quantizer never needs more than one: it holds one block on the working device at
+a time. Loading the packed 70B model for evaluation or generation does need several, and
+there whole decoder blocks are placed over the devices with accelerate's `device_map`, the
+library and the convention transformers already uses (`pvqref.placement`): the map is
+planned on the empty model with the layers at their decoded size, and each layer is
+decoded straight onto its block's device.
+
+```
+pvqref eval llama2-70b-pvq-h-3.25 --reference /models/Llama-2-70b-hf --device-map auto
+```
+
+or `pvqref.load_quantized(path, device_map="auto")`, or
+`AutoModelForCausalLM.from_pretrained(path, device_map="auto")`. **None of this has run on
+a GPU in this project**: no GPU was available. On the CPU the tests check that a device
+map gives the same logits as one device and that every layer is routed to the device of
+its block; the memory figures above are estimates from shapes, not measurements.
 
 ## Limitations
 
 - No GPU run: the torch path is device-agnostic and tested on the CPU only.
 - The streamed quantizer reads one block at a time, but the packed model is still read
-  whole at load time, and nothing places blocks over several devices yet.
+  whole into CPU memory at load time before its blocks go to their devices.
 - One model (135M parameters, itself from a 4-bit file) and one text. Larger models are
   easier to quantize; the ranking of methods is what this page measures, not their
   distance on a 70B model.
