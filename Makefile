@@ -35,7 +35,7 @@ book: setup
 	@echo "Book built: open $(CURDIR)/_build/html/index.html"
 
 test: setup
-	$(BIN)/python -m pytest --nbval --nbval-sanitize-with=tests/nbval_sanitize.cfg tests book
+	$(BIN)/python -m pytest --durations=10 --nbval --nbval-sanitize-with=tests/nbval_sanitize.cfg tests book
 
 notebooks: setup
 	$(BIN)/python tools/run_notebooks.py book/*.ipynb

@@ -146,12 +146,48 @@ def pvq_codes(result):
     return Q
 
 
+@dataclass(frozen=True)
+class RowGroupCodes:
+    """A weight (m, n) coded as row groups (RSAVQ's WCSG: :mod:`pvqref.rsavq.wcsg`):
+    ``rows`` the row indices of each group, ``parts`` each group's QuantizedMatrix (its
+    rows in increasing order, its own PVQConfig). Chapter: RSAVQ (in preparation)."""
+    shape: tuple
+    rows: tuple = field(repr=False)
+    parts: tuple = field(repr=False)
+
+    def validate(self) -> None:
+        order = np.sort(np.concatenate(self.rows))
+        if not np.array_equal(order, np.arange(self.shape[0])):
+            raise ValueError("the row groups must partition the rows of the weight")
+        for r, part in zip(self.rows, self.parts):
+            if tuple(part.shape) != (len(r), self.shape[1]):
+                raise ValueError(f"a row group of {len(r)} rows holds a part of shape "
+                                 f"{tuple(part.shape)}")
+
+    def bit_counts(self) -> dict:
+        """The parts' bits, by kind, plus each row's group label ("row_group",
+        ceil(log2 groups) bits per row)."""
+        total: dict = {"row_group": self.shape[0] * int(len(self.parts) - 1).bit_length()}
+        for part in self.parts:
+            for k, v in bit_counts(part).items():
+                total[k] = total.get(k, 0) + v
+        total["total"] += total["row_group"]
+        return total
+
+
 def dequantize(codes, device=None) -> torch.Tensor:
-    """The float64 reconstruction Q' (out, in) of ``codes`` (a QuantizedMatrix or a
-    ScalarCodes) on ``device`` (default CPU): the decoder of the pipeline and of every
-    reload. Chapter: Quantizing a real LLaMA model (book/llama.ipynb)."""
+    """The float64 reconstruction Q' (out, in) of ``codes`` (a QuantizedMatrix, a
+    ScalarCodes or a RowGroupCodes) on ``device`` (default CPU): the decoder of the
+    pipeline and of every reload. Chapter: Quantizing a real LLaMA model
+    (book/llama.ipynb)."""
     from . import gain
     device = torch.device(device or "cpu")
+    if isinstance(codes, RowGroupCodes):
+        codes.validate()
+        Q = torch.empty(codes.shape, dtype=torch.float64, device=device)
+        for rows, part in zip(codes.rows, codes.parts):
+            Q[torch.as_tensor(rows, device=device)] = dequantize(part, device)
+        return Q
     if isinstance(codes, ScalarCodes):
         codes.validate()
         return _scalar_dequantize(codes, device)
@@ -159,7 +195,8 @@ def dequantize(codes, device=None) -> torch.Tensor:
         index_backend = "numba" if device.type == "cpu" else "torch"
         return gain.dequantize(codes, backend="torch", device=device,
                                index_backend=index_backend)
-    raise TypeError(f"expected a QuantizedMatrix or ScalarCodes, got {type(codes).__name__}")
+    raise TypeError(f"expected a QuantizedMatrix or ScalarCodes (or RowGroupCodes), got "
+                    f"{type(codes).__name__}")
 
 
 def bit_counts(codes) -> dict:
@@ -167,6 +204,8 @@ def bit_counts(codes) -> dict:
     checksum of a PVQ stream are not counted here: a packed model checksums each tensor in
     its file header). Chapter: Quantizing a real LLaMA model (book/llama.ipynb)."""
     c = dict(codes.bit_counts())
+    if isinstance(codes, RowGroupCodes):
+        return c
     if "matrix" in c:                 # gain's stream header: version byte, CRC, norm range
         norm_range = c.pop("matrix")
         c["norm_range"] = 64 if codes.config.norm_bits < 16 else 0

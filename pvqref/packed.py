@@ -14,6 +14,9 @@ Layout of the folder :func:`save` writes (and :func:`load`, and transformers'
                            scalar: <layer>.codes       U8   bits each
                                    <layer>.scales      I16  fp16 bits, one per group
                                    <layer>.zeros       I16  fp16 bits, one per group
+                           row groups (RSAVQ's WCSG): <layer>.row_group U8 (each row's
+                                   group) and each group's PVQ tensors, <layer>.g<i>_indices, ...
+                                   (:mod:`pvqref.packed_layer`)
                          and the unquantized tensors (embeddings, norms) in fp16; the file
                          header's metadata holds a CRC-32 per tensor
     tokenizer files      as ``tokenizer.save_pretrained`` writes them
@@ -42,152 +45,22 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import re
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import __version__, codes as _codes, format as _format
+from .packed_layer import (PVQ_FIELDS, PVQ_TENSORS, SCALAR_TENSORS,  # noqa: F401 (API)
+                           PackedLayer, PackedModelError, expected_tensors, format_fields,
+                           layer_codes, layer_spec, layer_tensors, pack_layer)
 
 QUANT_METHOD = "pvq"
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
-PVQ_TENSORS = ("indices", "gain_codes", "norm_codes", "norm_range")
-SCALAR_TENSORS = ("codes", "scales", "zeros")
-PVQ_FIELDS = ("L", "K", "gain_bits", "gain_kind", "gain_target", "norm_bits")
-
-
-class PackedModelError(ValueError):
-    """A packed model folder that cannot be read as written: what is wrong, and where."""
-
-
-# -- one layer: spec, tensors, codes ---------------------------------------------------------
-
-@dataclass(frozen=True)
-class PackedLayer:
-    """A layer's codes already turned into its stored tensors (``fields``: the format part
-    of its spec), which hold bpw / 8 bytes per weight instead of the unpacked codes: what
-    the streamed quantizer keeps of each block. Chapter: Quantizing a real LLaMA model
-    (book/llama.ipynb)."""
-    fields: dict
-    tensors: dict
-
-
-def format_fields(c) -> dict:
-    """The format part of a layer's spec, from its codes (or a PackedLayer)."""
-    if isinstance(c, PackedLayer):
-        return c.fields
-    if isinstance(c, _codes.ScalarCodes):
-        return {"bits": c.bits, "group": c.group, "layout": c.layout}
-    return {f: getattr(c.config, f) for f in PVQ_FIELDS}
-
-
-def pack_layer(c) -> PackedLayer:
-    """The PackedLayer of a layer's codes (a QuantizedMatrix or a ScalarCodes)."""
-    return PackedLayer(format_fields(c), layer_tensors(c))
-
-
-def layer_spec(report) -> dict:
-    """The JSON spec of one quantized layer (a :class:`pvqref.pipeline.LayerReport` with
-    its plan and codes): method, shape, rotation seed and format fields."""
-    return {"method": report.plan.method, "shape": [int(v) for v in report.shape],
-            "rotation_seed": report.plan.rotation_seed, **format_fields(report.codes)}
-
-
-def _is_pvq(spec: dict) -> bool:
-    return "L" in spec
-
-
-def _pvq_config(spec: dict):
-    from . import gain
-    return gain.PVQConfig(*(spec[f] for f in PVQ_FIELDS))
-
-
-def expected_tensors(spec: dict) -> dict:
-    """{suffix: (safetensors dtype, shape)} of the tensors a layer of ``spec`` stores."""
-    m, n = spec["shape"]
-    if _is_pvq(spec):
-        cfg = _pvq_config(spec)
-        G = m * n // cfg.L
-        out = {"indices": ("U8", [-(-G * cfg.index_bits // 8)]),
-               "gain_codes": ("U8", [-(-G * cfg.gain_bits // 8)]),
-               "norm_codes": ("U8", [-(-m * cfg.norm_bits // 8)])}
-        if cfg.norm_bits < _format.FP16_NORMS:
-            out["norm_range"] = ("I32", [2])
-        return out
-    grid = _codes.scalar_grid_shape((m, n), spec["group"], spec["layout"])
-    return {"codes": ("U8", [-(-m * n * spec["bits"] // 8)]), "scales": ("I16", list(grid)),
-            "zeros": ("I16", list(grid))}
-
-
-def _u8(data: bytes) -> torch.Tensor:
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else \
-        torch.zeros(0, dtype=torch.uint8)
-
-
-def layer_tensors(c) -> dict:
-    """{suffix: integer tensor} of one layer's codes (see the module docstring)."""
-    from . import pyramid
-    if isinstance(c, PackedLayer):
-        return c.tensors
-    if isinstance(c, _codes.ScalarCodes):
-        return {"codes": _u8(_format.pack_uints(c.codes.reshape(-1), c.bits)),
-                "scales": torch.from_numpy(c.scale.view(np.int16).copy()),
-                "zeros": torch.from_numpy(c.zero.view(np.int16).copy())}
-    cfg = c.config
-    norms = c.row_norms.view(np.uint16) if cfg.norm_bits == _format.FP16_NORMS else c.row_norms
-    out = {"indices": _u8(pyramid.pack_indices(c.indices, cfg.L, cfg.K)),
-           "gain_codes": _u8(_format.pack_uints(c.gain_codes, cfg.gain_bits)),
-           "norm_codes": _u8(_format.pack_uints(norms, cfg.norm_bits))}
-    if cfg.norm_bits < _format.FP16_NORMS:
-        out["norm_range"] = torch.from_numpy(c.norm_range.astype(np.float32).view(np.int32))
-    return out
-
-
-def layer_codes(name: str, spec: dict, tensors: dict):
-    """The codes of layer ``name`` from its tensors ({suffix: tensor}), checked against
-    ``spec``: PackedModelError naming the tensor for a missing one, a wrong dtype or
-    shape, or values the format cannot hold."""
-    from . import gain, pyramid
-    want = expected_tensors(spec)
-    dtypes = {"U8": torch.uint8, "I16": torch.int16, "I32": torch.int32}
-    for suffix, (dtype, shape) in want.items():
-        key = f"{name}.{suffix}"
-        if suffix not in tensors:
-            raise PackedModelError(f"tensor {key!r} is missing (layer {name} stores "
-                                   f"{', '.join(want)})")
-        t = tensors[suffix]
-        if t.dtype != dtypes[dtype] or list(t.shape) != shape:
-            raise PackedModelError(f"tensor {key!r} is {t.dtype} {list(t.shape)}, but its "
-                                   f"layer's spec needs {dtype} {shape}")
-    raw = {s: tensors[s].contiguous().cpu().numpy() for s in want}
-    m, n = spec["shape"]
-    try:
-        if not _is_pvq(spec):
-            grid = want["scales"][1]
-            q = _format.unpack_uints(raw["codes"].tobytes(), m * n, spec["bits"])
-            c = _codes.ScalarCodes((m, n), spec["bits"], spec["group"], spec["layout"],
-                                   q.astype(np.uint8).reshape(m, n),
-                                   raw["scales"].view(np.float16).reshape(grid),
-                                   raw["zeros"].view(np.float16).reshape(grid))
-        else:
-            cfg = _pvq_config(spec)
-            G = m * n // cfg.L
-            limbs = pyramid.unpack_indices(raw["indices"].tobytes(), G, cfg.L, cfg.K)
-            g = _format.unpack_uints(raw["gain_codes"].tobytes(), G, cfg.gain_bits)
-            r = _format.unpack_uints(raw["norm_codes"].tobytes(), m, cfg.norm_bits)
-            r = r.astype(np.uint16)
-            fp16 = cfg.norm_bits == _format.FP16_NORMS
-            c = gain.QuantizedMatrix(
-                (m, n), cfg, r.view(np.float16) if fp16 else r, limbs, g.astype(np.uint16),
-                np.zeros(0, np.float32) if fp16 else raw["norm_range"].view(np.float32))
-        c.validate()
-    except ValueError as err:
-        raise PackedModelError(f"layer {name}: {err}") from None
-    return c
 
 
 def _checksum(key: str, spec: dict | None, data) -> str:
@@ -475,14 +348,14 @@ def inspect(path) -> dict:
     header, start = verify_file(file, qc["layers"])
     kinds = {"indices": "indices", "gain_codes": "gain codes", "norm_codes": "row norms",
              "norm_range": "side data", "codes": "indices", "scales": "side data",
-             "zeros": "side data"}
+             "zeros": "side data", "row_group": "side data"}
     by_kind = {k: 0 for k in ("indices", "gain codes", "row norms", "side data")}
     unquantized = unquantized_params = 0
     for key, h in header.items():
         layer, _, suffix = key.rpartition(".")
         size = h["data_offsets"][1] - h["data_offsets"][0]
         if layer in qc["layers"]:
-            by_kind[kinds[suffix]] += size
+            by_kind[kinds[re.sub(r"^g\d+_", "", suffix)]] += size      # row groups
         else:
             unquantized += size
             unquantized_params += int(np.prod(h["shape"]))

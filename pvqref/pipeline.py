@@ -157,13 +157,24 @@ def encode_layer(W: torch.Tensor, H: torch.Tensor | None, plan: LayerPlan,
                                                       act_order=True, name=name,
                                                       return_grid=True),
                                plan.bits, plan.group, "row")
-    elif plan.method == "pvq":
-        c = gain.quantize(W.cpu().numpy(), plan.pvq)
-    else:
-        c = codes.pvq_codes(hessian.pvq_quantize(
-            W, H, plan.pvq, feedback=True, name=name,
-            search="hessian" if plan.method == "pvq-h" else "euclidean"))
+    elif isinstance(plan.pvq, gain.PVQConfig):
+        c = _pvq_encode(W, H, plan.pvq, plan.method, name)
+    else:                                           # RSAVQ's WCSG: a RowGroupPlan
+        parts = [_pvq_encode(W[torch.as_tensor(rows, device=W.device)], H, cfg, plan.method,
+                             f"{name} (row group {g})")
+                 for g, (rows, cfg) in enumerate(zip(plan.pvq.rows, plan.pvq.configs))]
+        c = codes.RowGroupCodes(tuple(W.shape), plan.pvq.rows, tuple(parts))
     return c, R
+
+
+def _pvq_encode(W, H, cfg, method: str, name: str):
+    """The QuantizedMatrix of W under one PVQConfig by a PVQ ``method``."""
+    from . import codes
+    if method == "pvq":
+        return gain.quantize(W.cpu().numpy(), cfg)
+    return codes.pvq_codes(hessian.pvq_quantize(
+        W, H, cfg, feedback=True, name=name,
+        search="hessian" if method == "pvq-h" else "euclidean"))
 
 
 def quantize_layer_rotated(W: torch.Tensor, H: torch.Tensor | None, plan: LayerPlan,
@@ -187,19 +198,22 @@ def quantize_layer(W: torch.Tensor, H: torch.Tensor | None, plan: LayerPlan,
 
 
 def _quantize_readers(layer, prefix, H, readers, plan_of, reports, fold: bool,
-                      keep_codes: bool):
+                      keep_codes: bool, shifts=None):
     """Quantize every linear layer in ``readers`` against their shared H: the weight
     replaced in place (``fold``) or the layer by a QuantizedLinear in rotated coordinates,
-    the readers sharing one SharedInputRotation."""
+    the readers sharing one SharedInputRotation. ``shifts``: {layer name: D}, the layer
+    coded as W + D (EDSG's target), its proxy loss still measured against W."""
     from . import codes
     shared = None
     for path in readers:
         linear = calibration.module(layer, path)
         W = linear.weight.detach().to(torch.float64)
         name = f"{prefix}.{path}"
-        plan = plan_of(tuple(W.shape))
+        plan = plan_of(tuple(W.shape), name)
         start = time.perf_counter()
-        c, R = encode_layer(W, H, plan, name)
+        target = W if not shifts or name not in shifts else W + torch.as_tensor(
+            shifts[name], dtype=torch.float64, device=W.device)
+        c, R = encode_layer(target, H, plan, name)
         Q_rot = codes.dequantize(c, W.device)
         Q = fold_rotation(Q_rot, R)
         seconds = time.perf_counter() - start
@@ -222,7 +236,9 @@ def quantize_model(model, method: str, bpw: float, calibration_windows: torch.Te
                    seed: int = 0, group: int = 128, L: int = DEFAULT_L,
                    gain_bits: int = DEFAULT_GAIN_BITS, rotation: str | None = "input",
                    measure_loss: bool = False, fold_rotations: bool = True,
-                   inplace: bool = False, progress=None, keep_codes: bool = False):
+                   inplace: bool = False, progress=None, keep_codes: bool = False,
+                   shifts: dict | None = None, sensitivities: dict | None = None,
+                   wcsg_groups: int = 4, wcsg_rule: str = "lagrange"):
     """Quantize every linear layer of every decoder block of a LLaMA ``model`` with
     ``method`` (one of ``METHODS``) at ``bpw`` bits per weight, calibrating on
     ``calibration_windows`` (n, T) token ids
@@ -243,7 +259,12 @@ def quantize_model(model, method: str, bpw: float, calibration_windows: torch.Te
     and an online input rotation computed once per input for all its readers) instead of
     folding R back into a dense weight; same function up to float rounding.
     ``keep_codes`` keeps each layer's codes in its LayerReport, for
-    :func:`pvqref.packed.save`. Every weight is set from
+    :func:`pvqref.packed.save`. ``shifts`` {layer name: D (out, in)}: code W + D instead
+    of W (RSAVQ's EDSG target, :func:`pvqref.rsavq.edsg_shifts`; in the layer's own
+    coordinates, rotated with it). ``sensitivities`` {layer name: I (out,)}: RSAVQ's WCSG
+    for the PVQ methods, each layer's output channels in ``wcsg_groups`` row groups of
+    their own rate by ``wcsg_rule`` (:func:`pvqref.rsavq.wcsg.plan_row_groups`), within
+    the layer's budget of ``bpw``. Every weight is set from
     :func:`pvqref.codes.dequantize` of its codes, so a packed and reloaded model has the
     same weights bit for bit. Chapter: Hessian-aware PVQ (book/hessian.ipynb)."""
     _checks.choice(method, "method", METHODS)
@@ -253,6 +274,9 @@ def quantize_model(model, method: str, bpw: float, calibration_windows: torch.Te
     if rotation is not None:
         _checks.choice(rotation, "rotation", ROTATIONS[1:])
     seed = _checks.integer(seed, "seed", 0)
+    if sensitivities and method in ("rtn", "gptq"):
+        raise ValueError(f"WCSG's row groups (sensitivities=) need a PVQ method, not "
+                         f"{method!r}")
     if not inplace:
         model = copy.deepcopy(model)
     if rotation == "residual":
@@ -263,7 +287,7 @@ def quantize_model(model, method: str, bpw: float, calibration_windows: torch.Te
     reports: list[LayerReport] = []
     inputs = calibration.first_block_inputs(model, calibration_windows) if needs_h else None
     settings = BlockSettings(method, bpw, seed, group, L, gain_bits, rotation, fold_rotations,
-                             keep_codes)
+                             keep_codes, shifts, sensitivities, wcsg_groups, wcsg_rule)
     for b, layer in enumerate(model.model.layers):
         inputs = quantize_block(layer, b, inputs, settings, reports)
         if progress is not None:
@@ -283,6 +307,10 @@ class BlockSettings:
     rotation: str | None = "input"
     fold_rotations: bool = True
     keep_codes: bool = False
+    shifts: dict | None = field(default=None, repr=False, compare=False)
+    sensitivities: dict | None = field(default=None, repr=False, compare=False)
+    wcsg_groups: int = 4
+    wcsg_rule: str = "lagrange"
 
 
 def quantize_block(layer, b: int, inputs, settings: BlockSettings, reports: list):
@@ -297,12 +325,18 @@ def quantize_block(layer, b: int, inputs, settings: BlockSettings, reports: list
     for i, (_, path, readers) in enumerate(calibration.LLAMA_INPUTS):
         rotation_seed = _input_rotation_seed(s.rotation, s.seed, b, i)
 
-        def plan_of(shape, rotation_seed=rotation_seed):
-            return layer_plan(s.method, s.bpw, shape, s.group, s.L, s.gain_bits, rotation_seed)
+        def plan_of(shape, name, rotation_seed=rotation_seed):
+            plan = layer_plan(s.method, s.bpw, shape, s.group, s.L, s.gain_bits, rotation_seed)
+            if not s.sensitivities or name not in s.sensitivities:
+                return plan
+            from .rsavq import wcsg
+            groups = wcsg.plan_row_groups(shape, s.bpw, s.sensitivities[name], s.L,
+                                          s.gain_bits, s.wcsg_groups, s.wcsg_rule)
+            return LayerPlan(plan.method, None, None, groups, rotation_seed)
 
         H = None if inputs is None else calibration.input_second_moment(layer, inputs, path)
         _quantize_readers(layer, f"model.layers.{b}", H, readers, plan_of, reports,
-                          s.fold_rotations, s.keep_codes)
+                          s.fold_rotations, s.keep_codes, s.shifts)
     return None if inputs is None else calibration.run_block(layer, inputs)
 
 

@@ -1,0 +1,68 @@
+"""RSAVQ's EDSG on the whole model: the lambda sweep of the RSAVQ chapter (the
+command-line script is ``benchmarks/bench_rsavq.py``).
+
+One process: SmolLM2 and its calibration windows as in the final chapter
+(:mod:`pvqref.bench.llama`: 32 x 512 tokens, seed 0, input rotations), the Kronecker
+Fisher and mean gradient of every decoder-block linear layer from one backward pass per
+calibration window (:func:`pvqref.rsavq.fisher.layer_fishers`), then for each lambda of
+the grid PVQ-H at 3.25 bpw coding every layer's EDSG target W - lambda N (N = F^{-1} g
+scaled to ||W||, ``step="relative"``; negative lambda: the opposite sign), evaluated
+under the final chapter's protocol (:func:`pvqref.bench.llama.evaluate_model`). lambda = 0
+is plain PVQ-H, the recorded row of ``llama.json``.
+
+Chapter: RSAVQ's natural-gradient error projection (in preparation).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+
+from . import command_line, peak_rss_gb, save
+from .llama import CALIBRATION, evaluate_model
+
+LAMBDAS = (0.0, 0.01, 0.05, -0.05, 0.1)
+METHOD, BPW = "pvq-h", 3.25
+
+
+def main(argv=None) -> None:
+    """The command line of ``benchmarks/bench_rsavq.py``."""
+    args, load = command_line("rsavq", __doc__, argv,
+                              lambdas=(str, ",".join(map(str, LAMBDAS)), "lambda grid"))
+    import torch
+    torch.set_num_threads(int(os.environ.get("PVQREF_THREADS", "1")))
+    from .. import data, pipeline, rsavq
+    from ..hessian import calibration
+    from ..rsavq import fisher
+    reference, tok = data.load_model()
+    texts = data.load_texts()
+    windows = calibration.calibration_windows(tok, texts.joined("calibration"), *CALIBRATION,
+                                              seed=0)
+    ids = torch.tensor(tok(texts.joined("evaluation"), add_special_tokens=False)["input_ids"])
+    start = time.perf_counter()
+    fishers = fisher.layer_fishers(reference, windows)
+    fisher_seconds = time.perf_counter() - start
+    weights = {n: reference.get_submodule(n).weight.detach() for n in fishers}
+    settings = {"calibration": list(CALIBRATION), "method": METHOD, "bpw": BPW,
+                "fisher": "kronecker", "damp": rsavq.DEFAULT_DAMP, "step": "relative",
+                "fisher_seconds": fisher_seconds, "seed": 0, "rotation": "input",
+                "threads": torch.get_num_threads()}
+    rows = []
+    for lam in (float(x) for x in args.lambdas.split(",")):
+        shifts = rsavq.edsg_shifts(fishers, weights, lam)
+        start = time.perf_counter()
+        model, reports = pipeline.quantize_model(copy.deepcopy(reference), METHOD, BPW,
+                                                 windows, inplace=True, shifts=shifts)
+        row = {"lambda": lam, "method": METHOD, "bpw": pipeline.mean_bits_per_weight(reports),
+               "seconds": time.perf_counter() - start,
+               "proxy_loss": sum(r.proxy_loss for r in reports)}
+        row.update(evaluate_model(model, reference, ids))
+        row["peak_rss_gb"] = peak_rss_gb()
+        rows.append(row)
+        print(f"lambda {lam:+.3f}: ppl {row['perplexity']:.3f} (2048: "
+              f"{row['perplexity_2048']:.3f}), top-1 {row['top1']:.4f}, KL {row['kl']:.4f}, "
+              f"proxy {row['proxy_loss']:.4g}, {row['seconds'] / 60:.1f} min", flush=True)
+        if args.save:
+            save("rsavq", rows, settings, load)
+        del model, reports
