@@ -5,6 +5,7 @@
     pvqref generate smollm2-pvq-h-3.25 --prompt "The capital of France is"
     pvqref inspect smollm2-pvq-h-3.25         # where the bits go
     pvqref assets                             # locate the embedded model and texts
+    pvqref quantize --method pvq-h+rsavq --bpw 3.25 --out smollm2-rsavq   # RSAVQ on PVQ-H
 
 ``quantize`` reads a local LLaMA checkpoint folder (``--model``) or, by default, the
 embedded SmolLM2-135M-Instruct (:mod:`pvqref.data`), calibrates on the calibration split
@@ -13,6 +14,10 @@ compares a packed model with the model it came from (or ``--reference``) under
 :mod:`pvqref.evaluate`'s protocol on the evaluation split. A user mistake (a missing
 folder, a model that is not a LLaMA, a size a method cannot take, a corrupt file) is one
 line on stderr and exit status 2, no traceback (set PVQREF_DEBUG=1 for one).
+
+RSAVQ (``--method <base>+rsavq``, or ``rsavq`` for the faithful one on k-means VQ) needs
+the Fisher of every layer from gradients through the whole model, so it quantizes in
+memory rather than block by block from the checkpoint (:mod:`pvqref.rsavq.quantize`).
 
 Chapter: Quantizing a real LLaMA model (book/llama.ipynb).
 """
@@ -26,6 +31,7 @@ import sys
 from pathlib import Path
 
 EMBEDDED = "embedded:SmolLM2-135M-Instruct"
+RSAVQ_SUFFIX = "+rsavq"       # pvq-h+rsavq: RSAVQ's EDSG and WCSG on a PVQ method
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")   # placement.STRATEGIES
 
 
@@ -91,8 +97,11 @@ def cmd_quantize(args) -> int:
     if out.exists() and not args.overwrite:
         raise UserError(f"{out} exists (add --overwrite to replace it)")
     folder, tok = source_folder(args.model)
+    name = "vq" + RSAVQ_SUFFIX if args.method == "rsavq" else args.method   # the faithful one
+    rsavq = name.endswith(RSAVQ_SUFFIX)
+    method = name.removesuffix(RSAVQ_SUFFIX)
     windows = None
-    if args.method in pipeline.HESSIAN_METHODS:
+    if method in pipeline.HESSIAN_METHODS or rsavq:
         from . import data
         windows = calibration.calibration_windows(
             tok, data.load_texts().joined("calibration"), args.calibration,
@@ -105,7 +114,25 @@ def cmd_quantize(args) -> int:
     with tqdm(desc=f"{args.method} {args.bpw} bpw", unit="block", disable=args.quiet) as bar:
         def progress(b, reports):
             bar.update(1)
-        if rotation == "residual":          # rotates the whole model: in memory
+        if rsavq:                           # gradients through the whole model: in memory
+            from .rsavq import quantize as rq
+            settings = rq.RSAVQ(edsg=not args.no_edsg, lam=args.lam, wcsg=not args.no_wcsg,
+                                rule=args.wcsg_rule, groups=args.wcsg_groups)
+            info.update(method=args.method, rsavq=settings.to_dict())
+            model, _ = load_source(args.model)
+            if rotation == "residual":
+                raise UserError("RSAVQ is implemented with input rotations only (--rotation "
+                                "input or none)")
+
+            def fisher_bar(rows):
+                return tqdm(rows, desc="Fisher (backward per window)", unit="window",
+                            disable=args.quiet, leave=False)
+            qmodel, reports = rq.quantize_model(
+                model.to(args.device), method, args.bpw, windows, settings, fisher_bar,
+                inplace=True, keep_codes=True, progress=progress, **options)
+            packed.save(qmodel.to("cpu"), reports, out, tok, overwrite=args.overwrite,
+                        info=info)
+        elif rotation == "residual":        # rotates the whole model: in memory
             info["residual_seed"] = args.seed + pipeline.RESIDUAL_SEED
             model, _ = load_source(args.model)
             qmodel, reports = pipeline.quantize_model(
@@ -212,12 +239,16 @@ def cmd_assets(args) -> int:
 def parser():
     """The argument parser of every subcommand."""
     from .pipeline import METHODS
+    RSAVQ_BASES = tuple(m for m in METHODS if m.startswith("pvq") or m == "vq")
     p = argparse.ArgumentParser(prog="pvqref", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     q = sub.add_parser("quantize", help="quantize a LLaMA and write a packed model folder")
     q.add_argument("--model", help="a local LLaMA checkpoint folder (default: the embedded "
                                    "SmolLM2-135M-Instruct)")
-    q.add_argument("--method", default="pvq-h", choices=METHODS)
+    q.add_argument("--method", default="pvq-h",
+                   choices=METHODS + tuple(m + RSAVQ_SUFFIX for m in RSAVQ_BASES) + ("rsavq",),
+                   help="a method of pvqref.pipeline; +rsavq adds RSAVQ's EDSG and WCSG; "
+                        "rsavq is the faithful RSAVQ (vq+rsavq)")
     q.add_argument("--bpw", type=float, default=3.25, help="bits per weight (default 3.25)")
     q.add_argument("--calibration", type=int, default=32, help="calibration windows")
     q.add_argument("--calibration-tokens", type=int, default=512, help="tokens per window")
@@ -227,6 +258,12 @@ def parser():
     q.add_argument("--group", type=int, default=128, help="group of the scalar methods")
     q.add_argument("--L", type=int, default=64, help="PVQ group size")
     q.add_argument("--gain-bits", type=int, default=3)
+    q.add_argument("--lam", type=float, default=0.05, help="RSAVQ's EDSG step, a fraction "
+                   "of each weight's norm (default 0.05)")
+    q.add_argument("--no-edsg", action="store_true", help="RSAVQ without EDSG")
+    q.add_argument("--no-wcsg", action="store_true", help="RSAVQ without WCSG")
+    q.add_argument("--wcsg-rule", default="lagrange", choices=("lagrange", "paper"))
+    q.add_argument("--wcsg-groups", type=int, default=4)
     q.add_argument("--out", required=True, help="the packed model folder to write")
     q.add_argument("--overwrite", action="store_true")
     q.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -181,7 +181,10 @@ def dequantize(codes, device=None) -> torch.Tensor:
     pipeline and of every reload. Chapter: Quantizing a real LLaMA model
     (book/llama.ipynb)."""
     from . import gain
+    from .vq import VQCodes
     device = torch.device(device or "cpu")
+    if isinstance(codes, VQCodes):
+        return torch.from_numpy(codes.dequantize()).to(device)
     if isinstance(codes, RowGroupCodes):
         codes.validate()
         Q = torch.empty(codes.shape, dtype=torch.float64, device=device)

@@ -348,14 +348,15 @@ def inspect(path) -> dict:
     header, start = verify_file(file, qc["layers"])
     kinds = {"indices": "indices", "gain_codes": "gain codes", "norm_codes": "row norms",
              "norm_range": "side data", "codes": "indices", "scales": "side data",
-             "zeros": "side data", "row_group": "side data"}
+             "zeros": "side data", "row_group": "side data",
+             "codebook": "side data"}
     by_kind = {k: 0 for k in ("indices", "gain codes", "row norms", "side data")}
     unquantized = unquantized_params = 0
     for key, h in header.items():
         layer, _, suffix = key.rpartition(".")
         size = h["data_offsets"][1] - h["data_offsets"][0]
         if layer in qc["layers"]:
-            by_kind[kinds[re.sub(r"^g\d+_", "", suffix)]] += size      # row groups
+            by_kind[kinds[re.sub(r"^[gs]\d+_", "", suffix)]] += size  # groups, stages
         else:
             unquantized += size
             unquantized_params += int(np.prod(h["shape"]))

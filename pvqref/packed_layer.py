@@ -56,6 +56,8 @@ def format_fields(c) -> dict:
                                for r, p in zip(c.rows, c.parts)]}
     if isinstance(c, _codes.ScalarCodes):
         return {"bits": c.bits, "group": c.group, "layout": c.layout}
+    if _is_vq_codes(c):
+        return {"v": c.v, "index_bits": list(c.index_bits)}
     return {f: getattr(c.config, f) for f in PVQ_FIELDS}
 
 
@@ -95,6 +97,12 @@ def expected_tensors(spec: dict) -> dict:
         for i, sub in enumerate(_group_specs(spec)):
             out.update({f"g{i}_{k}": v for k, v in expected_tensors(sub).items()})
         return out
+    if "index_bits" in spec:
+        out = {}
+        for i, k in enumerate(spec["index_bits"]):
+            out[f"s{i}_codebook"] = ("I16", [2 ** k, spec["v"]])
+            out[f"s{i}_indices"] = ("U8", [-(-n * (m // spec["v"]) * k // 8)])
+        return out
     if _is_pvq(spec):
         cfg = _pvq_config(spec)
         G = m * n // cfg.L
@@ -126,6 +134,12 @@ def layer_tensors(c) -> dict:
         out = {"row_group": _u8(_format.pack_uints(labels, label_bits(len(c.rows))))}
         for i, part in enumerate(c.parts):
             out.update({f"g{i}_{k}": v for k, v in layer_tensors(part).items()})
+        return out
+    if _is_vq_codes(c):
+        out = {}
+        for i, (book, idx) in enumerate(zip(c.codebooks, c.indices)):
+            out[f"s{i}_codebook"] = torch.from_numpy(book.astype(np.float16).view(np.int16).copy())
+            out[f"s{i}_indices"] = _u8(_format.pack_uints(idx.reshape(-1), c.index_bits[i]))
         return out
     if isinstance(c, _codes.ScalarCodes):
         return {"codes": _u8(_format.pack_uints(c.codes.reshape(-1), c.bits)),
@@ -162,7 +176,16 @@ def layer_codes(name: str, spec: dict, tensors: dict):
     raw = {s: tensors[s].contiguous().cpu().numpy() for s in want}
     m, n = spec["shape"]
     try:
-        if not _is_pvq(spec):
+        if "index_bits" in spec:
+            from .vq import VQCodes
+            v = spec["v"]
+            books = tuple(raw[f"s{i}_codebook"].view(np.float16)
+                          for i in range(len(spec["index_bits"])))
+            idx = tuple(_format.unpack_uints(raw[f"s{i}_indices"].tobytes(), n * (m // v), k)
+                        .astype(np.int64).reshape(n, m // v)
+                        for i, k in enumerate(spec["index_bits"]))
+            c = VQCodes((m, n), v, books, idx)
+        elif not _is_pvq(spec):
             grid = want["scales"][1]
             q = _format.unpack_uints(raw["codes"].tobytes(), m * n, spec["bits"])
             c = _codes.ScalarCodes((m, n), spec["bits"], spec["group"], spec["layout"],
@@ -191,6 +214,11 @@ def layer_codes(name: str, spec: dict, tensors: dict):
 def label_bits(groups: int) -> int:
     """Bits of one row's group label: ceil(log2 groups) (0 for one group)."""
     return int(groups - 1).bit_length()
+
+
+def _is_vq_codes(c) -> bool:
+    from .vq import VQCodes
+    return isinstance(c, VQCodes)
 
 
 def _row_group_codes(name: str, spec: dict, tensors: dict):

@@ -19,7 +19,8 @@ Methods: ``rtn`` (``pvqref.baselines`` min-max RTN, groups of ``group`` consecut
 weights), ``gptq`` (act-order, static groups of ``group`` input columns), ``pvq`` (PVQ
 groups of ``L`` input columns, each on its own: ``pvqref.gain``'s quantizer),
 ``pvq-fb`` (the same with block-LDL error feedback), ``pvq-h`` (feedback and the Hessian
-metric search). Scalar methods use bits = bpw - 32/group (3.25 -> 3-bit, group 128); PVQ
+metric search), ``vq`` (k-means vector quantization of 6-weight column vectors with GPTQ
+feedback, the base of the faithful RSAVQ: :mod:`pvqref.vq`; codebooks counted). Scalar methods use bits = bpw - 32/group (3.25 -> 3-bit, group 128); PVQ
 methods the most pulses that fit ``bpw`` for the layer's shape with ``gain_bits`` gain
 bits (:func:`pvqref.gain.config_for_rate`).
 
@@ -49,8 +50,8 @@ import torch
 from . import _checks, baselines, gain, hessian, quantized
 from .hessian import calibration
 
-METHODS = ("rtn", "gptq", "pvq", "pvq-fb", "pvq-h")
-HESSIAN_METHODS = ("gptq", "pvq-fb", "pvq-h")     # the ones that read H; rtn, pvq are data-free
+METHODS = ("rtn", "gptq", "pvq", "pvq-fb", "pvq-h", "vq")
+HESSIAN_METHODS = ("gptq", "pvq-fb", "pvq-h", "vq")   # those that read H; rtn, pvq data-free
 ROTATIONS = (None, "input", "residual")
 RESIDUAL_SEED = 10_000   # offset of the residual rotation's seed from ``seed``
 DEFAULT_L = 64          # PVQ group size: with 3 gain bits the best PVQ-H cell of the chapter
@@ -59,8 +60,9 @@ DEFAULT_GAIN_BITS = 3
 
 @dataclass(frozen=True)
 class LayerPlan:
-    """What one layer stores: the method and its format (scalar bits and group, or a
-    PVQConfig), and the rotation seed (None: no rotation)."""
+    """What one layer stores: the method and its format (scalar bits and group; in ``pvq``
+    a PVQConfig, VQ's stage index bits, or RSAVQ's :class:`pvqref.rsavq.wcsg.RowGroupPlan`),
+    and the rotation seed (None: no rotation)."""
     method: str
     bits: int | None
     group: int | None
@@ -74,6 +76,9 @@ class LayerPlan:
             return baselines.rtn_bits_per_weight(self.bits, self.group)
         if self.method == "gptq":
             return hessian.gptq_bits_per_weight(self.bits, self.group, n)
+        if self.method == "vq" and isinstance(self.pvq, tuple):
+            from . import vq
+            return vq.stage_bits((m, n), self.pvq) / (m * n)
         return self.pvq.bits_per_weight((m, n))
 
 
@@ -104,6 +109,9 @@ def layer_plan(method: str, bpw: float, shape, group: int = 128, L: int = DEFAUL
         if bits < 1:
             raise ValueError(f"bpw={bpw} leaves no code bits with group {group}")
         return LayerPlan(method, bits, group, None, rotation_seed)
+    if method == "vq":                   # pvq holds the stages' index bits
+        from . import vq
+        return LayerPlan(method, None, None, vq.plan_stages(tuple(shape), bpw), rotation_seed)
     cfg = gain.config_for_rate(L, tuple(shape), bpw, gain_bits)
     if cfg is None:
         raise ValueError(f"no PVQ configuration with L={L} and {gain_bits} gain bits fits "
@@ -157,7 +165,7 @@ def encode_layer(W: torch.Tensor, H: torch.Tensor | None, plan: LayerPlan,
                                                       act_order=True, name=name,
                                                       return_grid=True),
                                plan.bits, plan.group, "row")
-    elif isinstance(plan.pvq, gain.PVQConfig):
+    elif isinstance(plan.pvq, (gain.PVQConfig, tuple)):       # one format: PVQ or VQ stages
         c = _pvq_encode(W, H, plan.pvq, plan.method, name)
     else:                                           # RSAVQ's WCSG: a RowGroupPlan
         parts = [_pvq_encode(W[torch.as_tensor(rows, device=W.device)], H, cfg, plan.method,
@@ -168,8 +176,12 @@ def encode_layer(W: torch.Tensor, H: torch.Tensor | None, plan: LayerPlan,
 
 
 def _pvq_encode(W, H, cfg, method: str, name: str):
-    """The QuantizedMatrix of W under one PVQConfig by a PVQ ``method``."""
+    """The codes of W under one format: a QuantizedMatrix for a PVQConfig by a PVQ
+    ``method``, VQCodes for "vq" (``cfg`` its stages' index bits)."""
     from . import codes
+    if method == "vq":
+        from .vq import quantizer
+        return quantizer.vq_quantize(W, H, 0, name=name, index_bits=cfg)[1]
     if method == "pvq":
         return gain.quantize(W.cpu().numpy(), cfg)
     return codes.pvq_codes(hessian.pvq_quantize(
@@ -275,7 +287,7 @@ def quantize_model(model, method: str, bpw: float, calibration_windows: torch.Te
         _checks.choice(rotation, "rotation", ROTATIONS[1:])
     seed = _checks.integer(seed, "seed", 0)
     if sensitivities and method in ("rtn", "gptq"):
-        raise ValueError(f"WCSG's row groups (sensitivities=) need a PVQ method, not "
+        raise ValueError(f"WCSG's row groups (sensitivities=) need a PVQ method or vq, not "
                          f"{method!r}")
     if not inplace:
         model = copy.deepcopy(model)
@@ -331,7 +343,8 @@ def quantize_block(layer, b: int, inputs, settings: BlockSettings, reports: list
                 return plan
             from .rsavq import wcsg
             groups = wcsg.plan_row_groups(shape, s.bpw, s.sensitivities[name], s.L,
-                                          s.gain_bits, s.wcsg_groups, s.wcsg_rule)
+                                          s.gain_bits, s.wcsg_groups, s.wcsg_rule,
+                                          "vq" if s.method == "vq" else "pvq")
             return LayerPlan(plan.method, None, None, groups, rotation_seed)
 
         H = None if inputs is None else calibration.input_second_moment(layer, inputs, path)

@@ -69,6 +69,29 @@ def test_eval_and_generate_over_a_device_map_match_one_device(quantized, capsys)
     assert capsys.readouterr().out == first
 
 
+def test_quantize_with_rsavq_writes_row_groups_within_the_rate(checkpoint, tmp_path, capsys):
+    out = tmp_path / "tiny-rsavq"
+    assert cli.main(["quantize", "--model", str(checkpoint), "--method", "pvq-h+rsavq",
+                     "--bpw", "3.25", "--calibration", "2", "--calibration-tokens", "64",
+                     "--out", str(out), "--quiet"]) == 0
+    _, qc = packed.read_config(out)
+    assert qc["method"] == "pvq-h+rsavq" and qc["rsavq"]["lam"] == 0.05
+    assert all(len(s["row_groups"]) == 4 for s in qc["layers"].values())
+    capsys.readouterr()
+    assert cli.main(["inspect", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["bits_per_weight_claimed"] <= 3.25
+    assert info["bits_per_weight_on_disk"] <= 3.25 + 0.01       # whole bytes per tensor
+    assert cli.main(["quantize", "--model", str(checkpoint), "--method", "pvq-h+rsavq",
+                     "--rotation", "residual", "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    capsys.readouterr()
+    # the faithful RSAVQ cuts columns into vectors of 6: this model's 128 rows cannot be
+    assert cli.main(["quantize", "--model", str(checkpoint), "--method", "rsavq", "--bpw",
+                     "4.25", "--calibration", "2", "--calibration-tokens", "64",
+                     "--out", str(tmp_path / "f"), "--quiet"]) == 2
+    assert "multiple of 6" in capsys.readouterr().err
+
+
 def test_inspect_prints_the_breakdown(quantized, capsys):
     assert cli.main(["inspect", str(quantized)]) == 0
     out = capsys.readouterr().out

@@ -127,12 +127,12 @@ def test_edsg_shifts_feed_the_pipeline_and_lambda_zero_is_bit_for_bit_the_base()
     again, _ = pipeline.quantize_model(model, "pvq-h", 3.25, windows, L=16, shifts={})
     steered, rep = pipeline.quantize_model(model, "pvq-h", 3.25, windows, L=16, shifts=shifts)
     name = "model.layers.0.mlp.down_proj"
-    W0, Wb = (m.get_submodule(name).weight for m in (model, base))
+    W0, Wb = (m.get_submodule(name).weight.detach() for m in (model, base))
     assert torch.equal(again.get_submodule(name).weight, Wb)
     assert not torch.equal(steered.get_submodule(name).weight, Wb)
     g = torch.from_numpy(fishers[name].gradient).float()
     E_base = Wb - W0
-    E_steered = steered.get_submodule(name).weight - W0
+    E_steered = steered.get_submodule(name).weight.detach() - W0
     assert float((g * E_steered).sum()) < float((g * E_base).sum())     # more downhill
 
 
@@ -264,7 +264,7 @@ def test_row_groups_fit_the_budget_and_one_group_is_plain_pvq():
         assert [c.K for c in plan.configs] == sorted((c.K for c in plan.configs), reverse=True)
         one = wcsg.plan_row_groups((96, 256), bpw, I, 64, 3, groups=1)
         assert one.configs == (gain.config_for_rate(64, (96, 256), bpw, 3),)
-    with pytest.raises(ValueError, match="too few for K = 1"):
+    with pytest.raises(ValueError, match="too few for its smallest format"):
         wcsg.plan_row_groups((8, 256), 0.06, np.full(8, 2.0), 64, 3, groups=4)
     with pytest.raises(ValueError, match="one sensitivity per output channel"):
         wcsg.plan_row_groups((8, 256), 3.25, np.full(7, 2.0), 64, 3)
@@ -330,3 +330,25 @@ def test_row_groups_pack_and_reload_bit_for_bit(tmp_path):
     tensors["row_group"][0] ^= 1
     with pytest.raises(packed.PackedModelError, match="row_group"):
         packed.layer_codes(reports[0].name, spec, tensors)
+
+
+def test_rsavq_switched_off_or_at_lambda_zero_is_the_base_quantizer_bit_for_bit():
+    from pvqref import pipeline
+    from pvqref.rsavq import quantize as rq
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128,
+                      num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                      head_dim=32)
+    model = LlamaForCausalLM(cfg).eval()
+    windows = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(1))
+    base, _ = pipeline.quantize_model(model, "pvq-h", 3.25, windows, L=16)
+    for settings in (rq.RSAVQ(edsg=False, wcsg=False), rq.RSAVQ(lam=0.0, wcsg=False)):
+        same, _ = rq.quantize_model(model, "pvq-h", 3.25, windows, settings, L=16)
+        for (k, a), b in zip(base.state_dict().items(), same.state_dict().values()):
+            assert torch.equal(a, b), k
+    both, reports = rq.quantize_model(model, "pvq-h", 3.25, windows, rq.RSAVQ(), L=16)
+    assert all(r.bits_per_weight <= 3.25 for r in reports)
+    with pytest.raises(ValueError, match="calibration windows"):
+        rq.quantize_model(model, "pvq-h", 3.25, None)
+    with pytest.raises(ValueError, match="rule"):
+        rq.RSAVQ(rule="greedy")

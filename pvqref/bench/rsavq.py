@@ -24,12 +24,26 @@ from .llama import CALIBRATION, evaluate_model
 
 LAMBDAS = (0.0, 0.01, 0.05, -0.05, 0.1)
 METHOD, BPW = "pvq-h", 3.25
+# The ablation: (label, RSAVQ settings as keyword arguments), each on PVQ-H at each rate.
+ABLATION = (("step only", {"wcsg": False}),     # control: unquantized W - lam N, no quantizer
+            ("pvq-h", {"edsg": False, "wcsg": False}),
+            ("+edsg", {"wcsg": False}),
+            ("+wcsg (lagrange)", {"edsg": False}),
+            ("+wcsg (paper)", {"edsg": False, "rule": "paper"}),
+            ("+edsg +wcsg", {}))
+RATES = (3.25, 2.25)
 
 
 def main(argv=None) -> None:
     """The command line of ``benchmarks/bench_rsavq.py``."""
     args, load = command_line("rsavq", __doc__, argv,
-                              lambdas=(str, ",".join(map(str, LAMBDAS)), "lambda grid"))
+                              lambdas=(str, ",".join(map(str, LAMBDAS)), "lambda grid"),
+                              ablation=(float, None, "run the ablation at this lambda "
+                                        "instead of the sweep (results/rsavq_ablation.json)"),
+                              rates=(str, ",".join(map(str, RATES)), "ablation rates"),
+                              labels=(str, None, "only these ablation rows (comma-separated "
+                                      "labels; the sweep's lambda = 0 and lambda rows are "
+                                      "PVQ-H and +EDSG bit for bit)"))
     import torch
     torch.set_num_threads(int(os.environ.get("PVQREF_THREADS", "1")))
     from .. import data, pipeline, rsavq
@@ -48,6 +62,8 @@ def main(argv=None) -> None:
                 "fisher": "kronecker", "damp": rsavq.DEFAULT_DAMP, "step": "relative",
                 "fisher_seconds": fisher_seconds, "seed": 0, "rotation": "input",
                 "threads": torch.get_num_threads()}
+    if args.ablation is not None:
+        return _ablation(args, load, reference, windows, ids, fishers, weights, settings)
     rows = []
     for lam in (float(x) for x in args.lambdas.split(",")):
         shifts = rsavq.edsg_shifts(fishers, weights, lam)
@@ -66,3 +82,52 @@ def main(argv=None) -> None:
         if args.save:
             save("rsavq", rows, settings, load)
         del model, reports
+
+
+def _ablation(args, load, reference, windows, ids, fishers, weights, settings) -> None:
+    """PVQ-H -> +EDSG -> +WCSG at each rate, one Fisher for all (``ABLATION``)."""
+    from .. import pipeline, rsavq
+    from ..rsavq.quantize import RSAVQ
+    settings = {**settings, "lambda": args.ablation}
+    sens = {n: f.fisher.sensitivity(f.gradient) for n, f in fishers.items()}
+    shifts = rsavq.edsg_shifts(fishers, weights, args.ablation)
+    rows = []
+    for bpw in (float(x) for x in args.rates.split(",")):
+        for label, kw in ABLATION:
+            if args.labels and label not in args.labels.split(","):
+                continue
+            s = RSAVQ(lam=args.ablation, **kw)
+            start = time.perf_counter()
+            if label == "step only":
+                model = _stepped(reference, shifts)
+                row = {"label": label, "rsavq": s.to_dict(), "bpw": 16.0}
+            else:
+                model, reports = pipeline.quantize_model(
+                    copy.deepcopy(reference), METHOD, bpw, windows, inplace=True,
+                    shifts=shifts if s.edsg else None, sensitivities=sens if s.wcsg else None,
+                    wcsg_rule=s.rule, wcsg_groups=s.groups)
+                row = {"label": label, "rsavq": s.to_dict(), "bpw_asked": bpw,
+                       "bpw": pipeline.mean_bits_per_weight(reports),
+                       "seconds": time.perf_counter() - start,
+                       "proxy_loss": sum(r.proxy_loss for r in reports)}
+                del reports
+            row.update(evaluate_model(model, reference, ids))
+            rows.append(row)
+            print(f"{bpw} {label}: bpw {row['bpw']:.4f}, ppl {row['perplexity']:.3f} "
+                  f"(2048: {row['perplexity_2048']:.3f}), top-1 {row['top1']:.4f}, KL "
+                  f"{row['kl']:.4f}, proxy {row.get('proxy_loss', 0):.4g}", flush=True)
+            if args.save:
+                save("rsavq_ablation", rows, settings, load)
+            del model
+
+
+def _stepped(reference, shifts):
+    """The unquantized model with every layer moved by its EDSG step (the control that
+    separates what the step does from what quantizing it does)."""
+    import torch
+    model = copy.deepcopy(reference)
+    with torch.no_grad():
+        for name, d in shifts.items():
+            w = model.get_submodule(name).weight
+            w.add_(torch.as_tensor(d, dtype=w.dtype))
+    return model

@@ -117,16 +117,20 @@ def _cap(x, maximum, total):
     return x
 
 
-def sensitivity_groups(I, groups: int = DEFAULT_GROUPS) -> list:
+def sensitivity_groups(I, groups: int = DEFAULT_GROUPS, multiple: int = 1) -> list:
     """The channels sorted by decreasing I_c and split into ``groups`` runs of (nearly)
-    equal size: a list of index arrays, the most sensitive group first. ValueError if
-    there are fewer channels than groups."""
+    equal size, each a multiple of ``multiple`` channels (VQ's vector length): a list of
+    index arrays, the most sensitive group first. ValueError if there are fewer units of
+    ``multiple`` channels than groups."""
     I = _sensitivities(I)
     groups = _checks.integer(groups, "groups", 1)
-    if groups > I.size:
-        raise ValueError(f"cannot split {I.size} channels into {groups} groups")
+    multiple = _checks.integer(multiple, "multiple", 1)
+    if I.size % multiple or groups > I.size // multiple:
+        raise ValueError(f"cannot split {I.size} channels into {groups} groups of a multiple "
+                         f"of {multiple}")
     order = np.argsort(-I, kind="stable")
-    return [np.sort(part) for part in np.array_split(order, groups)]
+    sizes = [len(u) * multiple for u in np.array_split(np.arange(I.size // multiple), groups)]
+    return [np.sort(part) for part in np.split(order, np.cumsum(sizes)[:-1])]
 
 
 def group_bits(b, groups: list) -> np.ndarray:

@@ -40,7 +40,8 @@ from . import allocation
 @dataclass(frozen=True)
 class RowGroupPlan:
     """The row groups of one layer: ``rows`` (index arrays, most sensitive first) and
-    their PVQConfigs, the layer's ``budget_bits`` and the ``used_bits`` they store."""
+    their formats (PVQConfigs, or VQ stages' index bits), the layer's ``budget_bits`` and
+    the ``used_bits`` they store."""
     rows: tuple
     configs: tuple
     budget_bits: int
@@ -55,42 +56,55 @@ class RowGroupPlan:
         return self.used_bits / (m * n)
 
 
-def _best_config(L, rows, n, bits, gain_bits):
-    """The PVQConfig with the most pulses whose bits for (rows, n) fit ``bits``; None if
-    not even K = 1 fits."""
-    from .. import gain
+def _best_config(method, L, rows, n, bits, gain_bits):
+    """The format with the most bits that fit ``bits`` for (rows, n) and its bit count: a
+    PVQConfig (the most pulses) or, for "vq", the stages' index bits; (None, 0) if none."""
+    from .. import gain, vq
     bpw = bits / (rows * n)
-    return gain.config_for_rate(L, (rows, n), bpw, gain_bits) if bpw > 0 else None
+    if bpw <= 0:
+        return None, 0
+    if method == "vq":
+        try:
+            ks = vq.plan_stages((rows, n), bpw)
+        except ValueError:
+            return None, 0
+        return ks, vq.stage_bits((rows, n), ks)
+    cfg = gain.config_for_rate(L, (rows, n), bpw, gain_bits)
+    return cfg, (0 if cfg is None else cfg.bits((rows, n)))
 
 
 def plan_row_groups(shape, bpw: float, sensitivity, L: int, gain_bits: int,
                     groups: int = allocation.DEFAULT_GROUPS,
-                    rule: str = "lagrange") -> RowGroupPlan:
+                    rule: str = "lagrange", method: str = "pvq") -> RowGroupPlan:
     """The :class:`RowGroupPlan` of a layer of ``shape`` (m, n) at ``bpw`` bits per weight
-    from its channel ``sensitivity`` (m,) (see the module docstring). ValueError if a
-    group's budget cannot hold even K = 1."""
+    from its channel ``sensitivity`` (m,) (see the module docstring). ``method`` "vq":
+    each group is instead a VQ matrix of its own stages (:mod:`pvqref.vq`), groups of a
+    multiple of the vector length. ValueError if a group's budget cannot hold even K = 1
+    (or a 1-bit codebook)."""
+    from .. import vq
+    method = _checks.choice(method, "method", ("pvq", "vq"))
     m, n = (int(v) for v in shape)
     bpw = _checks.real(bpw, "bpw", positive=True)
     I = np.asarray(sensitivity, dtype=np.float64)
     if I.shape != (m,):
         raise ValueError(f"need one sensitivity per output channel ({m}), got shape {I.shape}")
     budget = math.floor(bpw * m * n)
-    parts = allocation.sensitivity_groups(I, groups)
+    parts = allocation.sensitivity_groups(I, groups, vq.VECTOR if method == "vq" else 1)
     labels = m * int(len(parts) - 1).bit_length()
     b = allocation.allocate(I, bpw, rule)
     channel_bits = allocation.round_to_budget(b * n, budget - labels)   # bits per channel
     group_budget = allocation.group_bits(channel_bits, parts)
-    configs, carry = [None] * len(parts), 0
+    configs, carry, spent = [None] * len(parts), 0, 0
     for g in reversed(range(len(parts))):                          # least sensitive first
         rows = len(parts[g])
-        cfg = _best_config(L, rows, n, int(group_budget[g]) + carry, gain_bits)
+        cfg, bits = _best_config(method, L, rows, n, int(group_budget[g]) + carry, gain_bits)
         if cfg is None:
             raise ValueError(f"group {g} ({rows} channels) gets {group_budget[g] + carry} "
-                             f"bits, too few for K = 1 with L = {L}: lower the number of "
+                             f"bits, too few for its smallest format: lower the number of "
                              f"groups or raise the rate")
-        if cfg.bits((rows, n)) > int(group_budget[g]) + carry:      # never: config_for_rate
-            raise RuntimeError(f"group {g}'s config overspends its budget")  # floors
-        carry += int(group_budget[g]) - cfg.bits((rows, n))
-        configs[g] = cfg
-    used = labels + sum(c.bits((len(p), n)) for c, p in zip(configs, parts))
+        if bits > int(group_budget[g]) + carry:       # never: both choosers floor the rate
+            raise RuntimeError(f"group {g}'s format overspends its budget")
+        carry += int(group_budget[g]) - bits
+        configs[g], spent = cfg, spent + bits
+    used = labels + spent
     return RowGroupPlan(tuple(parts), tuple(configs), budget, used)

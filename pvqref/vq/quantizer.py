@@ -1,0 +1,73 @@
+"""VPTQ-style vector quantization of one layer with GPTQ's error feedback.
+
+    codebooks:  stage s trains 2^{k_s} entries on the residual of the stages before it,
+                by k-means over the column vectors of W weighted by H_jj, stored in fp16;
+    quantize:   for j = 0 .. n-1: column j's m / v vectors, each the sum over stages of its
+                nearest entry of that stage (stage by stage, on the residual), then
+                e_j = (X_j - Q_j) / C_jj and X_R <- X_R - e_j C_jR for the later columns R,
+                with H^{-1} = C^T C (C upper triangular, damped H as GPTQ's).
+
+The loop runs in NumPy float64 on the CPU (one rank-one update per column); the
+nearest-entry search, the costly part, runs in the chosen tier.
+
+Chapter: RSAVQ's natural-gradient error projection (in preparation).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _checks, _tiers
+from . import DEFAULT_ITERS, VECTOR, VQCodes, assign, kmeans, plan_stages, vectors
+
+
+def train_codebooks(W, H, index_bits, v: int = VECTOR, iters: int = DEFAULT_ITERS,
+                    seed: int = 0, backend: str = "auto") -> tuple:
+    """One fp16 codebook per stage for W (m, n), stage s of 2^{k_s} entries trained on
+    the residual of the stages before it, every vector of column j weighted by H_jj."""
+    X = vectors(W, v)
+    w = np.repeat(np.diag(H), W.shape[0] // v)
+    books = []
+    for s, k in enumerate(index_bits):
+        C = _tiers.to_numpy(kmeans(X, 2 ** k, w, iters, seed + s, backend), np.float64)
+        C = C.astype(np.float16).astype(np.float64)
+        X = X - C[_tiers.to_numpy(assign(X, C, backend))]
+        books.append(C)
+    return tuple(books)
+
+
+def vq_quantize(W, H, bpw: float, v: int = VECTOR, feedback: bool = True,
+                damp: float = 0.01, iters: int = DEFAULT_ITERS, seed: int = 0,
+                max_stages: int = 2, name: str = "layer", backend: str = "numba",
+                index_bits=None):
+    """``(Q, codes)``: W (m, n) vector-quantized against H (n, n) within ``bpw`` bits per
+    weight, codebooks included (:func:`pvqref.vq.plan_stages`, or the stages'
+    ``index_bits`` given); Q float64 NumPy equal to
+    ``codes.dequantize()`` exactly. ``feedback=False``: each column on its own (plain VQ).
+    Chapter: RSAVQ's natural-gradient error projection (in preparation)."""
+    from ..hessian import check_hessian, reference as href
+    W = _tiers.to_numpy(W, np.float64).astype(np.float64)
+    if W.ndim != 2:
+        raise ValueError(f"the weight of {name} must be 2-D, got shape {W.shape}")
+    _checks.finite(W, f"the weight of {name}")
+    check_hessian(H, W.shape[1], name)
+    H = _tiers.to_numpy(H, np.float64).astype(np.float64)
+    m, n = W.shape
+    ks = tuple(index_bits) if index_bits else plan_stages((m, n), bpw, v, max_stages)
+    C, dead, _ = href.inverse_cholesky(H, damp, 3, name)
+    W[:, dead] = 0
+    books = train_codebooks(W, H, ks, v, iters, seed, backend)
+    X, Q = W.copy(), np.zeros_like(W)
+    indices = [np.empty((n, m // v), dtype=np.int64) for _ in books]
+    for j in range(n):
+        r, q = X[:, j].reshape(m // v, v), np.zeros((m // v, v))
+        for s, book in enumerate(books):
+            i = _tiers.to_numpy(assign(r, book, backend))
+            indices[s][j] = i
+            q += book[i]
+            r = r - book[i]
+        Q[:, j] = q.reshape(-1)
+        if feedback and j + 1 < n:
+            X[:, j + 1:] -= np.outer((X[:, j] - Q[:, j]) / C[j, j], C[j, j + 1:])
+    codes = VQCodes((m, n), v, tuple(b.astype(np.float16) for b in books), tuple(indices))
+    return Q, codes
