@@ -53,6 +53,9 @@ def vq_quantize(W, H, bpw: float, v: int = VECTOR, feedback: bool = True,
     check_hessian(H, W.shape[1], name)
     H = _tiers.to_numpy(H, np.float64).astype(np.float64)
     m, n = W.shape
+    if m % v:
+        raise ValueError(f"{name} has {m} output rows, not a multiple of the vector length "
+                         f"{v}: vector quantization cuts each column into vectors of {v}")
     ks = tuple(index_bits) if index_bits else plan_stages((m, n), bpw, v, max_stages)
     C, dead, _ = href.inverse_cholesky(H, damp, 3, name)
     W[:, dead] = 0
