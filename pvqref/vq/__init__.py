@@ -85,8 +85,10 @@ def kmeans(X, k: int, weights=None, iters: int = DEFAULT_ITERS, seed: int = 0,
         wf = wf.to(Xf.device)
     start = np.sort(np.random.default_rng(seed).choice(len(Xf), k, replace=False))
     C = Xf[_tiers.to_torch(start).to(Xf.device) if b == "torch" else start]
+    from . import reference
+    update = tier.update if b == "torch" else reference.update     # NumPy scatter otherwise
     for _ in range(iters):
-        C = tier.update(Xf, wf, tier.assign(Xf, C), C)
+        C = update(Xf, wf, tier.assign(Xf, C), C)
     return C
 
 

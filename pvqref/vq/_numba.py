@@ -1,12 +1,11 @@
 """Vector quantization, the Numba tier: the nearest-centroid search (the part of k-means
-and of the quantizer that costs: N x k x v per pass), parallel over the vectors."""
+and of the quantizer that costs: N x k x v per pass), parallel over the vectors. The
+centroid update is a NumPy scatter, the reference's (``pvqref.vq.kmeans`` uses it)."""
 
 from __future__ import annotations
 
 import numba
 import numpy as np
-
-from .reference import update  # noqa: F401  (the centroid update is a scatter: NumPy)
 
 
 @numba.njit(parallel=True, cache=True)
