@@ -30,7 +30,8 @@ Checks. Each tensor's CRC-32 covers its name, its layer's spec from config.json 
 bytes: a flipped bit, or a config that says another format than the writer's, fails with
 the name of the tensor. The file's length is checked against its header (truncated, or
 bytes appended), every tensor the model needs must be there and nothing else, and shapes
-and dtypes must be the ones the spec implies. Every failure is a :class:`PackedModelError`
+and dtypes must be the ones the spec implies. Every failure is a
+:class:`~pvqref.packed_layer.PackedModelError`
 (a ValueError) naming what is wrong.
 
 Writes are atomic: the folder is written under a temporary name beside the target and

@@ -2,7 +2,7 @@
 and its codes back from them (the layer-level half of :mod:`pvqref.packed`).
 
 A layer's spec is its method, shape, rotation seed and format fields; its tensors are
-named ``<layer>.<suffix>``:
+named ``<layer>.<suffix>``::
 
     PVQ:        indices, gain_codes, norm_codes (U8, bit-packed), norm_range (I32)
     scalar:     codes (U8, bit-packed), scales, zeros (I16: fp16 bits)

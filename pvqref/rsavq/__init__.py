@@ -303,8 +303,8 @@ def edsg_target(W, fisher, g, lam: float = DEFAULT_LAMBDA, step: str = "relative
 def edsg_shifts(fishers: dict, weights: dict, lam: float = DEFAULT_LAMBDA,
                 step: str = "relative") -> dict:
     """{layer name: -lam N} (float64 NumPy), N = F^{-1} g scaled by ``step`` against the
-    layer's weight in ``weights`` ({name: W}), for the :class:`pvqref.rsavq.fisher.
-    LayerFisher` of each layer: the ``shifts`` of :func:`pvqref.pipeline.quantize_model`,
+    layer's weight in ``weights`` ({name: W}), for each layer's
+    :class:`pvqref.rsavq.fisher.LayerFisher`: the ``shifts`` of :func:`pvqref.pipeline.quantize_model`,
     which then codes every layer's EDSG target W - lam N. ``lam`` = 0: no shifts (an empty
     dict: the base quantizer, bit for bit)."""
     lam = _checks.real(lam, "lam")

@@ -70,7 +70,7 @@ def inputs(model, windows, settings: RSAVQ, progress=None) -> tuple[dict, dict]:
 
 def quantize_model(model, method: str, bpw: float, calibration_windows, settings=RSAVQ(),
                    fisher_progress=None, **options):
-    """RSAVQ on top of ``method`` (a :data:`pvqref.pipeline.METHODS` entry; WCSG needs a
+    """RSAVQ on top of ``method`` (one of ``pvqref.pipeline.METHODS``; WCSG needs a
     PVQ one): ``(quantized model, reports)`` as :func:`pvqref.pipeline.quantize_model`,
     to which ``options`` go (seed, L, rotation, inplace, keep_codes, ...)."""
     from .. import pipeline
