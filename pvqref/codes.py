@@ -150,7 +150,8 @@ def pvq_codes(result):
 class RowGroupCodes:
     """A weight (m, n) coded as row groups (RSAVQ's WCSG: :mod:`pvqref.rsavq.wcsg`):
     ``rows`` the row indices of each group, ``parts`` each group's QuantizedMatrix (its
-    rows in increasing order, its own PVQConfig). Chapter: RSAVQ (in preparation)."""
+    rows in increasing order, its own format). Chapter: RSAVQ's natural-gradient error
+    projection (book/rsavq.ipynb)."""
     shape: tuple
     rows: tuple = field(repr=False)
     parts: tuple = field(repr=False)

@@ -20,7 +20,8 @@ weights), ``gptq`` (act-order, static groups of ``group`` input columns), ``pvq`
 groups of ``L`` input columns, each on its own: ``pvqref.gain``'s quantizer),
 ``pvq-fb`` (the same with block-LDL error feedback), ``pvq-h`` (feedback and the Hessian
 metric search), ``vq`` (k-means vector quantization of 6-weight column vectors with GPTQ
-feedback, the base of the faithful RSAVQ: :mod:`pvqref.vq`; codebooks counted). Scalar methods use bits = bpw - 32/group (3.25 -> 3-bit, group 128); PVQ
+feedback, the base of the faithful RSAVQ: :mod:`pvqref.vq`; codebooks counted). Scalar
+methods use bits = bpw - 32/group (3.25 -> 3-bit, group 128); PVQ
 methods the most pulses that fit ``bpw`` for the layer's shape with ``gain_bits`` gain
 bits (:func:`pvqref.gain.config_for_rate`).
 

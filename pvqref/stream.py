@@ -103,7 +103,8 @@ def quantize_checkpoint(folder, method: str, bpw: float, calibration_windows=Non
     """Quantize the LLaMA checkpoint ``folder`` block by block (see the module docstring)
     with the arguments of :func:`pvqref.pipeline.quantize_model`. Returns ``(config,
     reports, state)``: the model's config as a dict, one LayerReport per layer with its
-    codes already packed (a :class:`pvqref.packed_layer.PackedLayer`), and the unquantized tensors (embedding, norms, an untied head) in fp32 on the
+    codes already packed (a :class:`pvqref.packed_layer.PackedLayer`), and the unquantized
+    tensors (embedding, norms, an untied head) in fp32 on the
     CPU, ready for :func:`pvqref.packed.write`."""
     from accelerate import init_empty_weights
     from transformers import AutoConfig, LlamaForCausalLM

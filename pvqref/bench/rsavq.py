@@ -10,7 +10,7 @@ scaled to ||W||, ``step="relative"``; negative lambda: the opposite sign), evalu
 under the final chapter's protocol (:func:`pvqref.bench.llama.evaluate_model`). lambda = 0
 is plain PVQ-H, the recorded row of ``llama.json``.
 
-Chapter: RSAVQ's natural-gradient error projection (in preparation).
+Chapter: RSAVQ's natural-gradient error projection (book/rsavq.ipynb).
 """
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ Tiers (``backend=``): "reference" is NumPy float64 (``reference.py``); "torch"
 (``_torch.py``) runs on the factors' device. There is no Numba tier here: every step is a
 Cholesky solve or a matrix product that LAPACK/BLAS already runs at full speed.
 
-Chapter: RSAVQ's natural-gradient error projection (in preparation).
+Chapter: RSAVQ's natural-gradient error projection (book/rsavq.ipynb).
 """
 
 from __future__ import annotations
@@ -304,7 +304,8 @@ def edsg_shifts(fishers: dict, weights: dict, lam: float = DEFAULT_LAMBDA,
                 step: str = "relative") -> dict:
     """{layer name: -lam N} (float64 NumPy), N = F^{-1} g scaled by ``step`` against the
     layer's weight in ``weights`` ({name: W}), for each layer's
-    :class:`pvqref.rsavq.fisher.LayerFisher`: the ``shifts`` of :func:`pvqref.pipeline.quantize_model`,
+    :class:`pvqref.rsavq.fisher.LayerFisher`: the ``shifts`` of
+    :func:`pvqref.pipeline.quantize_model`,
     which then codes every layer's EDSG target W - lam N. ``lam`` = 0: no shifts (an empty
     dict: the base quantizer, bit for bit)."""
     lam = _checks.real(lam, "lam")

@@ -19,7 +19,7 @@ channels', so the total is still the budget, exactly.
 
 Plain NumPy, one tier: a sort and a few vector operations per layer.
 
-Chapter: RSAVQ's natural-gradient error projection (in preparation).
+Chapter: RSAVQ's natural-gradient error projection (book/rsavq.ipynb).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ Cost: one forward and backward pass per window, plus two products G G^T and G^T 
 layer and window (for SmolLM2-135M about 0.2 TFLOP per window in all, the products
 dominating).
 
-Chapter: RSAVQ's natural-gradient error projection (in preparation).
+Chapter: RSAVQ's natural-gradient error projection (book/rsavq.ipynb).
 """
 
 from __future__ import annotations
@@ -77,3 +77,22 @@ def layer_fishers(model, windows: torch.Tensor, layers=None, kind: str = "kronec
             p.grad = None
     return {name: LayerFisher(acc.fisher(damp), acc.mean_gradient(), acc.count)
             for name, acc in accs.items()}
+
+
+def similarity(B, H) -> dict:
+    """How alike two (n, n) metrics are, e.g. a layer's Fisher input factor B and its
+    Hessian H = E[x x^T]: ``cosine``, <B, H> / (||B|| ||H||) (1: the same up to scale);
+    ``diagonal``, the correlation of log diagonals (do they rank the inputs alike?); and
+    ``top``, the overlap of their leading 8 eigenvectors' spans (mean squared cosine, 1 for
+    the same subspace, 8/n for unrelated ones).
+    Chapter: RSAVQ's natural-gradient error projection (book/rsavq.ipynb)."""
+    B = np.asarray(B, dtype=np.float64)
+    H = np.asarray(H, dtype=np.float64)
+    cosine = float(np.sum(B * H) / (np.linalg.norm(B) * np.linalg.norm(H)))
+    lb, lh = np.log(np.diag(B)), np.log(np.maximum(np.diag(H), 1e-300))
+    diagonal = float(np.corrcoef(lb, lh)[0, 1])
+    k = min(8, len(B))
+    vb = np.linalg.eigh(B)[1][:, -k:]
+    vh = np.linalg.eigh(H)[1][:, -k:]
+    top = float(np.sum((vb.T @ vh) ** 2) / k)
+    return {"cosine": cosine, "diagonal": diagonal, "top": top}

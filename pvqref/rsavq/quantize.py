@@ -13,7 +13,7 @@ calibration window on the unquantized model (:func:`pvqref.rsavq.fisher.layer_fi
 streamed quantizer this needs the whole model in memory: the gradients of block b depend
 on every block after it.
 
-Chapter: RSAVQ's natural-gradient error projection (in preparation).
+Chapter: RSAVQ's natural-gradient error projection (book/rsavq.ipynb).
 """
 
 from __future__ import annotations

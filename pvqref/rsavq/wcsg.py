@@ -23,7 +23,7 @@ the same budget this is plain PVQ's config (a test checks it). Each group is the
 by PVQ-H on its own rows against the layer's H: rows are independent in the proxy loss
 and in the block-LDL feedback, so this is the same problem split by rows.
 
-Chapter: RSAVQ's natural-gradient error projection (in preparation).
+Chapter: RSAVQ's natural-gradient error projection (book/rsavq.ipynb).
 """
 
 from __future__ import annotations

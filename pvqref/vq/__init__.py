@@ -22,7 +22,7 @@ pass): "reference" (NumPy), "numba" (parallel loops), "torch" (the inputs' devic
 three sum distances in the same order and agree exactly. The feedback loop is NumPy or
 torch, as in :mod:`pvqref.hessian`.
 
-Chapter: RSAVQ's natural-gradient error projection (in preparation).
+Chapter: RSAVQ's natural-gradient error projection (book/rsavq.ipynb).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@
 The loop runs in NumPy float64 on the CPU (one rank-one update per column); the
 nearest-entry search, the costly part, runs in the chosen tier.
 
-Chapter: RSAVQ's natural-gradient error projection (in preparation).
+Chapter: RSAVQ's natural-gradient error projection (book/rsavq.ipynb).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def vq_quantize(W, H, bpw: float, v: int = VECTOR, feedback: bool = True,
     weight, codebooks included (:func:`pvqref.vq.plan_stages`, or the stages'
     ``index_bits`` given); Q float64 NumPy equal to
     ``codes.dequantize()`` exactly. ``feedback=False``: each column on its own (plain VQ).
-    Chapter: RSAVQ's natural-gradient error projection (in preparation)."""
+    Chapter: RSAVQ's natural-gradient error projection (book/rsavq.ipynb)."""
     from ..hessian import check_hessian, reference as href
     W = _tiers.to_numpy(W, np.float64).astype(np.float64)
     if W.ndim != 2:
