@@ -342,8 +342,8 @@ def test_rsavq_switched_off_or_at_lambda_zero_is_the_base_quantizer_bit_for_bit(
     model = LlamaForCausalLM(cfg).eval()
     windows = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(1))
     base, _ = pipeline.quantize_model(model, "pvq-h", 3.25, windows, L=16)
-    for settings in (rq.RSAVQ(edsg=False, wcsg=False), rq.RSAVQ(lam=0.0, wcsg=False)):
-        same, _ = rq.quantize_model(model, "pvq-h", 3.25, windows, settings, L=16)
+    for off in (rq.RSAVQ(edsg=False, wcsg=False), rq.RSAVQ(lam=0.0, wcsg=False)):
+        same, _ = rq.quantize_model(model, "pvq-h", 3.25, windows, off, L=16)
         for (k, a), b in zip(base.state_dict().items(), same.state_dict().values()):
             assert torch.equal(a, b), k
     both, reports = rq.quantize_model(model, "pvq-h", 3.25, windows, rq.RSAVQ(), L=16)
