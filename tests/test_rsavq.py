@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from pvqref import rsavq
 from pvqref.rsavq import allocation, fisher as rfisher
@@ -111,14 +110,9 @@ def test_edsg_target_steers_the_error_downhill_and_lambda_zero_is_the_base():
                                rtol=1e-9)
 
 
-def test_edsg_shifts_feed_the_pipeline_and_lambda_zero_is_bit_for_bit_the_base():
+def test_edsg_shifts_feed_the_pipeline_and_lambda_zero_is_the_base(small_llama):
     from pvqref import pipeline
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128,
-                      num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                      head_dim=32)
-    model = LlamaForCausalLM(cfg).eval()
-    windows = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(1))
+    model, windows = small_llama()
     fishers = rfisher.layer_fishers(model, windows)
     weights = {n: model.get_submodule(n).weight.detach() for n in fishers}
     assert rsavq.edsg_shifts(fishers, weights, 0.0) == {}
@@ -224,13 +218,8 @@ def test_allocation_refuses_bad_input():
 
 # -- from a model ---------------------------------------------------------------------------
 
-def test_layer_fishers_accumulate_the_per_sequence_gradients():
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
-                      num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                      head_dim=16)
-    model = LlamaForCausalLM(cfg).eval()
-    windows = torch.randint(0, 64, (3, 12), generator=torch.Generator().manual_seed(1))
+def test_layer_fishers_accumulate_the_per_sequence_gradients(small_llama):
+    model, windows = small_llama(hidden=32, intermediate=64, layers=2, windows=(3, 12))
     names = rfisher.linear_layers(model, [1])
     assert len(names) == 7 and all(n.startswith("model.layers.1.") for n in names)
     stats = rfisher.layer_fishers(model, windows, names, damp=0.0)
@@ -270,14 +259,9 @@ def test_row_groups_fit_the_budget_and_one_group_is_plain_pvq():
         wcsg.plan_row_groups((8, 256), 3.25, np.full(7, 2.0), 64, 3)
 
 
-def test_the_pipeline_codes_each_row_group_as_its_own_pvq_matrix():
+def test_the_pipeline_codes_each_row_group_as_its_own_pvq_matrix(small_llama):
     from pvqref import codes, hessian, pipeline
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128,
-                      num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                      head_dim=32)
-    model = LlamaForCausalLM(cfg).eval()
-    windows = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(1))
+    model, windows = small_llama()
     fishers = rfisher.layer_fishers(model, windows)
     I = {n: f.fisher.sensitivity(f.gradient) for n, f in fishers.items()}
     q, reports = pipeline.quantize_model(model, "pvq-h", 3.25, windows, L=16,
@@ -301,14 +285,9 @@ def test_the_pipeline_codes_each_row_group_as_its_own_pvq_matrix():
         pipeline.quantize_model(model, "gptq", 3.25, windows, sensitivities=I)
 
 
-def test_row_groups_pack_and_reload_bit_for_bit(tmp_path):
+def test_row_groups_pack_and_reload_bit_for_bit(tmp_path, small_llama):
     from pvqref import packed, pipeline
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128,
-                      num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                      head_dim=32, tie_word_embeddings=True)
-    model = LlamaForCausalLM(cfg).eval()
-    windows = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(1))
+    model, windows = small_llama(tie=True)
     fishers = rfisher.layer_fishers(model, windows)
     I = {n: f.fisher.sensitivity(f.gradient) for n, f in fishers.items()}
     q, reports = pipeline.quantize_model(model, "pvq-h", 3.25, windows, L=16,
@@ -332,15 +311,10 @@ def test_row_groups_pack_and_reload_bit_for_bit(tmp_path):
         packed.layer_codes(reports[0].name, spec, tensors)
 
 
-def test_rsavq_switched_off_or_at_lambda_zero_is_the_base_quantizer_bit_for_bit():
+def test_rsavq_switched_off_or_at_lambda_zero_is_the_base_bit_for_bit(small_llama):
     from pvqref import pipeline
     from pvqref.rsavq import quantize as rq
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128,
-                      num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                      head_dim=32)
-    model = LlamaForCausalLM(cfg).eval()
-    windows = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(1))
+    model, windows = small_llama()
     base, _ = pipeline.quantize_model(model, "pvq-h", 3.25, windows, L=16)
     for off in (rq.RSAVQ(edsg=False, wcsg=False), rq.RSAVQ(lam=0.0, wcsg=False)):
         same, _ = rq.quantize_model(model, "pvq-h", 3.25, windows, off, L=16)

@@ -72,15 +72,9 @@ def test_vq_quantize_codes_its_reconstruction_and_feedback_lowers_the_proxy_loss
         quantizer.vq_quantize(W[:47], H, 3.0)
 
 
-def test_vq_in_the_pipeline_packs_and_reloads_bit_for_bit(tmp_path):
-    from transformers import LlamaConfig, LlamaForCausalLM
+def test_vq_in_the_pipeline_packs_and_reloads_bit_for_bit(tmp_path, small_llama):
     from pvqref import packed, pipeline
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=96, intermediate_size=192,
-                      num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                      head_dim=48)
-    model = LlamaForCausalLM(cfg).eval()
-    windows = torch.randint(0, 64, (8, 32), generator=torch.Generator().manual_seed(1))
+    model, windows = small_llama(hidden=96, intermediate=192, windows=(8, 32))
     q, reports = pipeline.quantize_model(model, "vq", 3.25, windows, keep_codes=True,
                                          rotation=None)
     assert all(r.bits_per_weight <= 3.25 for r in reports)
@@ -92,17 +86,12 @@ def test_vq_in_the_pipeline_packs_and_reloads_bit_for_bit(tmp_path):
     assert info["bits_per_weight_on_disk"] <= info["bits_per_weight_claimed"] + 0.01
 
 
-def test_wcsg_row_groups_of_vq_matrices_fit_the_budget_and_reload(tmp_path):
-    from transformers import LlamaConfig, LlamaForCausalLM
+def test_wcsg_row_groups_of_vq_matrices_fit_and_reload(tmp_path, small_llama):
     from pvqref import codes, packed, pipeline
     from pvqref.rsavq import fisher
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=96, intermediate_size=192,
-                      num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                      head_dim=48)
-    model = LlamaForCausalLM(cfg).eval()
-    windows = torch.randint(0, 64, (8, 32), generator=torch.Generator().manual_seed(1))
-    I = {n: f.fisher.sensitivity(f.gradient) for n, f in fisher.layer_fishers(model, windows).items()}
+    model, windows = small_llama(hidden=96, intermediate=192, windows=(8, 32))
+    I = {n: f.fisher.sensitivity(f.gradient)
+         for n, f in fisher.layer_fishers(model, windows).items()}
     q, reports = pipeline.quantize_model(model, "vq", 4.25, windows, keep_codes=True,
                                          rotation=None, sensitivities=I, wcsg_groups=2)
     for r in reports:

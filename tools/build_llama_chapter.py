@@ -1,20 +1,12 @@
 """Write book/llama.ipynb from the cell list below (no outputs; tools/run_notebooks.py
 executes it and stores them). Kept so that the chapter's source reads as one file."""
 
-import hashlib
-import json
 from pathlib import Path
 
-CELLS = []
+from chapter_builder import Chapter
 
-
-def md(text):
-    CELLS.append(("markdown", text.strip("\n"), []))
-
-
-def code(text, tags=()):
-    CELLS.append(("code", text.strip("\n"), list(tags)))
-
+CHAPTER = Chapter("llama")
+md, code = CHAPTER.md, CHAPTER.code
 
 md(r"""
 # Quantizing a real LLaMA model
@@ -452,27 +444,6 @@ its block; the memory figures above are estimates from shapes, not measurements.
 """)
 
 
-def cell_id(kind, text, i):
-    return hashlib.sha1(f"llama-{i}-{kind}".encode()).hexdigest()[:8]
-
-
-def build(path: Path):
-    cells = []
-    for i, (kind, text, tags) in enumerate(CELLS):
-        cell = {"cell_type": kind, "id": cell_id(kind, text, i), "metadata": {},
-                "source": text.splitlines(keepends=True)}
-        if tags:
-            cell["metadata"]["tags"] = tags
-        if kind == "code":
-            cell.update(execution_count=None, outputs=[])
-        cells.append(cell)
-    nb = {"cells": cells, "metadata": {
-        "kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python",
-                       "name": "python3"},
-        "language_info": {"name": "python", "version": "3.11.7"}},
-        "nbformat": 4, "nbformat_minor": 5}
-    path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
-
 
 if __name__ == "__main__":
-    build(Path(__file__).resolve().parents[1] / "book" / "llama.ipynb")
+    CHAPTER.build(Path(__file__).resolve().parents[1] / "book" / "llama.ipynb")

@@ -46,7 +46,7 @@ def main(argv=None) -> None:
                                       "PVQ-H and +EDSG bit for bit)"))
     import torch
     torch.set_num_threads(int(os.environ.get("PVQREF_THREADS", "1")))
-    from .. import data, pipeline, rsavq
+    from .. import data, rsavq
     from ..hessian import calibration
     from ..rsavq import fisher
     reference, tok = data.load_model()
@@ -67,12 +67,8 @@ def main(argv=None) -> None:
     rows = []
     for lam in (float(x) for x in args.lambdas.split(",")):
         shifts = rsavq.edsg_shifts(fishers, weights, lam)
-        start = time.perf_counter()
-        model, reports = pipeline.quantize_model(copy.deepcopy(reference), METHOD, BPW,
-                                                 windows, inplace=True, shifts=shifts)
-        row = {"lambda": lam, "method": METHOD, "bpw": pipeline.mean_bits_per_weight(reports),
-               "seconds": time.perf_counter() - start,
-               "proxy_loss": sum(r.proxy_loss for r in reports)}
+        model, row = _quantized(reference, BPW, windows, shifts=shifts)
+        row = {"lambda": lam, "method": METHOD, **row}
         row.update(evaluate_model(model, reference, ids))
         row["peak_rss_gb"] = peak_rss_gb()
         rows.append(row)
@@ -81,12 +77,23 @@ def main(argv=None) -> None:
               f"proxy {row['proxy_loss']:.4g}, {row['seconds'] / 60:.1f} min", flush=True)
         if args.save:
             save("rsavq", rows, settings, load)
-        del model, reports
+        del model
+
+
+def _quantized(reference, bpw, windows, **options):
+    """(PVQ-H model at ``bpw``, its row: bits per weight, seconds, summed proxy loss)."""
+    from .. import pipeline
+    start = time.perf_counter()
+    model, reports = pipeline.quantize_model(copy.deepcopy(reference), METHOD, bpw, windows,
+                                             inplace=True, **options)
+    return model, {"bpw": pipeline.mean_bits_per_weight(reports),
+                   "seconds": time.perf_counter() - start,
+                   "proxy_loss": sum(r.proxy_loss for r in reports)}
 
 
 def _ablation(args, load, reference, windows, ids, fishers, weights, settings) -> None:
     """PVQ-H -> +EDSG -> +WCSG at each rate, one Fisher for all (``ABLATION``)."""
-    from .. import pipeline, rsavq
+    from .. import rsavq
     from ..rsavq.quantize import RSAVQ
     settings = {**settings, "lambda": args.ablation}
     sens = {n: f.fisher.sensitivity(f.gradient) for n, f in fishers.items()}
@@ -97,20 +104,15 @@ def _ablation(args, load, reference, windows, ids, fishers, weights, settings) -
             if args.labels and label not in args.labels.split(","):
                 continue
             s = RSAVQ(lam=args.ablation, **kw)
-            start = time.perf_counter()
             if label == "step only":
                 model = _stepped(reference, shifts)
                 row = {"label": label, "rsavq": s.to_dict(), "bpw": 16.0}
             else:
-                model, reports = pipeline.quantize_model(
-                    copy.deepcopy(reference), METHOD, bpw, windows, inplace=True,
-                    shifts=shifts if s.edsg else None, sensitivities=sens if s.wcsg else None,
-                    wcsg_rule=s.rule, wcsg_groups=s.groups)
-                row = {"label": label, "rsavq": s.to_dict(), "bpw_asked": bpw,
-                       "bpw": pipeline.mean_bits_per_weight(reports),
-                       "seconds": time.perf_counter() - start,
-                       "proxy_loss": sum(r.proxy_loss for r in reports)}
-                del reports
+                model, row = _quantized(reference, bpw, windows,
+                                        shifts=shifts if s.edsg else None,
+                                        sensitivities=sens if s.wcsg else None,
+                                        wcsg_rule=s.rule, wcsg_groups=s.groups)
+                row = {"label": label, "rsavq": s.to_dict(), "bpw_asked": bpw, **row}
             row.update(evaluate_model(model, reference, ids))
             rows.append(row)
             print(f"{bpw} {label}: bpw {row['bpw']:.4f}, ppl {row['perplexity']:.3f} "
