@@ -296,6 +296,10 @@ def test_row_groups_pack_and_reload_bit_for_bit(tmp_path, small_llama):
     loaded = packed.load(path)
     for r in reports:
         assert torch.equal(loaded.get_submodule(r.name).weight, q.get_submodule(r.name).weight)
+    from transformers import AutoModelForCausalLM
+    hf = AutoModelForCausalLM.from_pretrained(path)
+    with torch.no_grad():
+        assert torch.equal(hf(windows[:1]).logits, loaded(windows[:1]).logits)
     info = packed.inspect(path)
     weights = sum(r.shape[0] * r.shape[1] for r in reports)
     tensors_per_layer = 1 + 4 * 4                # labels, and 4 tensors per row group

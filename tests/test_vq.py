@@ -82,6 +82,10 @@ def test_vq_in_the_pipeline_packs_and_reloads_bit_for_bit(tmp_path, small_llama)
     loaded = packed.load(path)
     for r in reports:
         assert torch.equal(loaded.get_submodule(r.name).weight, q.get_submodule(r.name).weight)
+    from transformers import AutoModelForCausalLM
+    hf = AutoModelForCausalLM.from_pretrained(path)
+    with torch.no_grad():
+        assert torch.equal(hf(windows[:1]).logits, loaded(windows[:1]).logits)
     info = packed.inspect(path)
     assert info["bits_per_weight_on_disk"] <= info["bits_per_weight_claimed"] + 0.01
 
