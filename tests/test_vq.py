@@ -105,3 +105,18 @@ def test_wcsg_row_groups_of_vq_matrices_fit_and_reload(tmp_path, small_llama):
     loaded = packed.load(path)
     for r in reports:
         assert torch.equal(loaded.get_submodule(r.name).weight, q.get_submodule(r.name).weight)
+
+
+def test_the_torch_tier_runs_the_whole_quantizer_and_agrees_with_numpy():
+    rng = np.random.default_rng(4)
+    W = rng.standard_normal((36, 64))
+    X = rng.standard_normal((300, 64))
+    H = X.T @ X / 300
+    Q, codes = quantizer.vq_quantize(W, H, 3.0, iters=4)
+    Qt, codes_t = quantizer.vq_quantize(torch.from_numpy(W), torch.from_numpy(H), 3.0,
+                                        iters=4, backend="torch")
+    assert isinstance(Qt, torch.Tensor) and codes_t.index_bits == codes.index_bits
+    assert np.array_equal(Qt.numpy(), codes_t.dequantize())
+    for a, b in zip(codes.indices, codes_t.indices):      # the same floats, the same picks
+        assert np.array_equal(a, b)
+    assert np.array_equal(Qt.numpy(), Q)

@@ -19,8 +19,9 @@ nearest entry of a k-means codebook, with GPTQ's error feedback. Our reconstruct
 
 Tiers (``backend=``) for the nearest-centroid search, the part that costs (N x k x v per
 pass): "reference" (NumPy), "numba" (parallel loops), "torch" (the inputs' device); all
-three sum distances in the same order and agree exactly. The feedback loop is NumPy or
-torch, as in :mod:`pvqref.hessian`.
+three sum distances in the same order and agree exactly. The feedback loop runs in NumPy,
+or in torch on the weight's device with ``backend="torch"`` (the whole quantizer then
+stays on a GPU), as in :mod:`pvqref.hessian`.
 
 Chapter: RSAVQ's natural-gradient error projection (book/rsavq.ipynb).
 """
