@@ -182,7 +182,8 @@ def _pvq_encode(W, H, cfg, method: str, name: str):
     from . import codes
     if method == "vq":
         from .vq import quantizer
-        return quantizer.vq_quantize(W, H, 0, name=name, index_bits=cfg)[1]
+        backend = "numba" if W.device.type == "cpu" else "torch"     # on a GPU: stay there
+        return quantizer.vq_quantize(W, H, 0, name=name, index_bits=cfg, backend=backend)[1]
     if method == "pvq":
         return gain.quantize(W.cpu().numpy(), cfg)
     return codes.pvq_codes(hessian.pvq_quantize(
