@@ -223,20 +223,23 @@ book.table(["model", "ppl (512)", "ppl (2048)", "top-1 agreement", "KL (nats)"],
            [(name, r["perplexity"], r["perplexity_2048"], r["top1"], r["kl"])
             for name, r in (("unquantized", unquantized), ("PVQ-H 3.25, live", live))],
            [None, ".3f", ".3f", ".4f", ".4f"])
-""")
+""", tags=["nbval-ignore-output"])
 
 md(r"""
 The same run is recorded by `benchmarks/bench_llama.py` (a fresh process, one thread).
-The live result must agree with its recorded row: the quantizer is deterministic for a
-seed, so the two differ only if the code changed since the recording.
+The live result must agree with its recorded row. The quantizer is deterministic for a
+seed on one machine, but the last digits of its floating-point sums depend on the CPU's
+kernels (the recording and a rerun on another processor differ in the fourth significant
+digit of the perplexity), so the check allows 1%: a code change that matters moves it
+more.
 """)
 
 code(r"""
 recorded = bench.load("llama")
 row = next(r for r in recorded["rows"] if r["method"] == "pvq-h")
 print(bench.describe(recorded))
-print(f"recorded perplexity {row['perplexity']:.3f}, live {live['perplexity']:.3f}: "
-      f"{'agree' if abs(row['perplexity'] / live['perplexity'] - 1) < 1e-3 else 'DIFFER'}")
+print(f"recorded perplexity {row['perplexity']:.3f}; the live run "
+      f"{'agrees within 1%' if abs(row['perplexity'] / live['perplexity'] - 1) < 0.01 else 'DIFFERS'}")
 """)
 
 code(r"""
@@ -304,8 +307,8 @@ md(r"""
 Greedy continuations of one prompt by the unquantized model, by the packed PVQ-H model
 reloaded above, and by the best peer at the nearest rate, GPTQModel at 3 bits (its run
 is recorded by `benchmarks/peer_generate.py`: GPTQModel does not install beside pvqref's
-pinned NumPy). Greedy decoding is deterministic, so these are the texts anyone gets with
-the same models.
+pinned NumPy). Greedy decoding is deterministic for given weights; the live PVQ-H text can
+differ on another processor, whose float kernels give a slightly different quantization.
 """)
 
 code(r"""
@@ -318,7 +321,7 @@ for name, m in (("unquantized", model), ("PVQ-H 3.25", ours)):
                          pad_token_id=tok.eos_token_id)
     print(f"{name}: {tok.decode(out[0, x['input_ids'].shape[1]:])!r}\n")
 print(f"GPTQModel {peer['setting']} (recorded): {peer['text']!r}")
-""")
+""", tags=["nbval-ignore-output"])
 
 md(r"""
 ## What the model's Q4_1 origin means
