@@ -150,7 +150,38 @@ def cmd_quantize(args) -> int:
                          info=info)
     print(f"wrote {out}: {pipeline.mean_bits_per_weight(reports):.3f} bits per weight "
           f"({len(reports)} layers)")
+    if args.act_bits is not None:
+        model = packed.load(out, args.device, activations=False)
+        act = _activation_config(args, model, tok)
+        packed.set_activations(out, act)
+        print(f"activations: {_describe(act, model)}")
     return 0
+
+
+def _activation_config(args, model, tok):
+    """The activation config the --act-* options ask for, calibrated on ``model``."""
+    from . import activations, data
+    from .hessian import calibration
+    windows = None
+    if args.act_method == "pvq":
+        windows = calibration.calibration_windows(
+            tok, data.load_texts().joined("calibration"), activations.CALIBRATION_WINDOWS,
+            512, seed=args.seed)
+    bits = args.act_bits
+    if args.act_method == "rtn":
+        if not float(bits).is_integer():
+            raise UserError(f"--act-bits for RTN must be a whole number of bits, got {bits}")
+        bits = int(bits)
+    return activations.calibrate(model, windows, bits, args.act_method,
+                                 rotate=not args.act_no_rotate, seed=args.seed)
+
+
+def _describe(act, model) -> str:
+    from . import activations
+    widths = sorted({m.in_features for m in activations.decoder_linears(model).values()})
+    bits = ", ".join(f"{act.bits_per_activation(n):.3f} at width {n}" for n in widths)
+    return (f"{act.method} at {act.bits:g} bits{'' if act.rotate else ', unrotated'}; "
+            f"stored per activation with the fp16 norm or scale: {bits}")
 
 
 def _load_packed(args):
@@ -162,16 +193,22 @@ def _load_packed(args):
 
 
 def cmd_eval(args) -> int:
-    from . import evaluate
+    from . import activations, evaluate
     model = _load_packed(args)
     qc = model.config.quantization_config
     reference = args.reference or qc.get("source", EMBEDDED)
     ref_model, tok = load_source(reference, args.device_map)
     if not args.device_map:
         ref_model.to(args.device)
+    if args.weights_only:
+        activations.disable(model)
+    elif args.act_bits is not None:
+        activations.enable(model, _activation_config(args, model, tok))
+    act = getattr(model, "pvqref_activations", None)
     ids = _texts_ids(tok, "evaluation")
     rows = {"path": str(args.path), "reference": reference,
-            "bits_per_weight": qc["bits_per_weight"]}
+            "bits_per_weight": qc["bits_per_weight"],
+            "activations": None if act is None else act.config.to_dict()}
     for window in args.context:
         n = max(1, args.windows * 512 // window)
         rows[f"perplexity_{window}"] = evaluate.perplexity(model, ids, window, n)
@@ -185,6 +222,7 @@ def cmd_eval(args) -> int:
         print(f"perplexity at {window} tokens: {q:.3f} (reference {r:.3f}, x{q / r:.3f})")
     print(f"top-1 agreement with the reference: {rows['top1']:.4f}; mean KL divergence "
           f"{rows['kl']:.4f} nats per token")
+    print("activations: " + ("not quantized" if act is None else _describe(act.config, model)))
     return 0
 
 
@@ -264,6 +302,7 @@ def parser():
     q.add_argument("--no-wcsg", action="store_true", help="RSAVQ without WCSG")
     q.add_argument("--wcsg-rule", default="lagrange", choices=("lagrange", "paper"))
     q.add_argument("--wcsg-groups", type=int, default=4)
+    _activation_options(q, "record an activation quantization in the packed model: ")
     q.add_argument("--out", required=True, help="the packed model folder to write")
     q.add_argument("--overwrite", action="store_true")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -276,6 +315,10 @@ def parser():
     e.add_argument("--device", default="cpu")
     e.add_argument("--device-map", choices=DEVICE_MAPS, help="place whole decoder blocks "
                    "over every GPU with accelerate (instead of --device)")
+    _activation_options(e, "")
+    e.add_argument("--weights-only", action="store_true", help="ignore the activation "
+                   "quantization the packed model records")
+    e.add_argument("--seed", type=int, default=0, help="seed of the activation rotation")
     e.add_argument("--json", action="store_true")
     g = sub.add_parser("generate", help="generate text from a prompt")
     g.add_argument("path")
@@ -295,6 +338,14 @@ def parser():
     sub.add_parser("assets", help="locate the model and text assets, build the fp32 cache, "
                                   "print a summary")
     return p
+
+
+def _activation_options(p, prefix: str) -> None:
+    p.add_argument("--act-bits", type=float, help=prefix + "quantize the input of every "
+                   "linear layer at this many bits per activation (pvqref.activations)")
+    p.add_argument("--act-method", default="pvq", choices=("pvq", "rtn"),
+                   help="PVQ (default; rotated) or per-token round-to-nearest")
+    p.add_argument("--act-no-rotate", action="store_true", help="RTN without the rotation")
 
 
 COMMANDS = {"quantize": cmd_quantize, "eval": cmd_eval, "generate": cmd_generate,

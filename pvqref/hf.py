@@ -98,6 +98,10 @@ def _classes():
                                               dtype, True, {})
                 parent, _, leaf = name.rpartition(".")
                 setattr(model.get_submodule(parent), leaf, new)
+            act = packed.activation_config(self.quantization_config.to_dict())
+            if act is not None:
+                from . import activations
+                activations.enable(model, act)
             return model
 
         def is_serializable(self):

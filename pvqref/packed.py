@@ -5,7 +5,9 @@ Layout of the folder :func:`save` writes (and :func:`load`, and transformers'
 
     config.json          the model's config, plus "quantization_config": quant_method "pvq",
                          the format version, the method, the rate, and one spec per
-                         quantized layer (its method, shape, format and rotation seed)
+                         quantized layer (its method, shape, format and rotation seed);
+                         optionally "activations", the activation quantization that
+                         :func:`load` switches on (:mod:`pvqref.activations`)
     model.safetensors    every quantized layer as integer tensors, bit-packed exactly:
                            PVQ:    <layer>.indices     U8   the pyramid indices, bits(L, K) each
                                    <layer>.gain_codes  U8   gain_bits each
@@ -90,21 +92,25 @@ def _unquantized_state(model, quantized: set, dtype) -> dict:
 
 
 def save(model, reports, path, tokenizer=None, dtype=torch.float16, overwrite: bool = False,
-         info: dict | None = None) -> Path:
+         info: dict | None = None, activations=None) -> Path:
     """Write the packed model folder ``path`` (see the module docstring) for a model and
     the reports of ``pipeline.quantize_model(..., keep_codes=True)``: the quantized layers
     from their codes, every other tensor of ``model`` as ``dtype``, the tokenizer if
-    given, and ``info`` (JSON) into the quantization config. Atomic; refuses to replace an
-    existing folder unless ``overwrite``. Returns the path."""
+    given, and ``info`` (JSON) into the quantization config. ``activations``: an
+    :class:`pvqref.activations.ActivationConfig` to record (default: the one switched on
+    in ``model``, if any). Atomic; refuses to replace an existing folder unless
+    ``overwrite``. Returns the path."""
     reports = list(reports)
+    if activations is None and getattr(model, "pvqref_activations", None) is not None:
+        activations = model.pvqref_activations.config
     config = model.config.to_dict()
     config["dtype"] = str(model.dtype).removeprefix("torch.")      # the compute dtype
     state = _unquantized_state(model, {r.name for r in reports}, dtype)
-    return write(config, reports, state, path, tokenizer, overwrite, info)
+    return write(config, reports, state, path, tokenizer, overwrite, info, activations)
 
 
 def write(config: dict, reports, state: dict, path, tokenizer=None, overwrite: bool = False,
-          info: dict | None = None) -> Path:
+          info: dict | None = None, activations=None) -> Path:
     """:func:`save` from its parts: the model's config (a dict, its "dtype" the compute
     dtype), the reports with codes, and the unquantized tensors ``state`` ({name: tensor},
     written as they are). Used by :func:`save` and :func:`pvqref.stream.quantize_checkpoint`,
@@ -128,6 +134,8 @@ def write(config: dict, reports, state: dict, path, tokenizer=None, overwrite: b
         "pvqref_version": __version__, "method": reports[0].plan.method,
         "bits_per_weight": pipeline.mean_bits_per_weight(reports),
         "unquantized_dtype": "/".join(sorted(dtypes)), "layers": specs, **(info or {})}
+    if activations is not None:
+        config["quantization_config"]["activations"] = activations.to_dict()
     metadata = {"format": "pt", "pvqref": json.dumps(
         {"format_version": FORMAT_VERSION, "checksums": sums}, sort_keys=True)}
 
@@ -164,7 +172,41 @@ def read_config(path) -> tuple[dict, dict]:
                                f"supported (this reader reads version {FORMAT_VERSION})")
     if not isinstance(qc.get("layers"), dict) or not qc["layers"]:
         raise PackedModelError(f"{path / CONFIG}: quantization_config has no layers")
+    if "activations" in qc:
+        activation_config(qc, path / CONFIG)
     return config, qc
+
+
+def activation_config(qc: dict, where="the quantization config"):
+    """The :class:`pvqref.activations.ActivationConfig` recorded in ``qc``, or None;
+    PackedModelError if it is malformed."""
+    from .activations import ActivationConfig
+    if qc.get("activations") is None:
+        return None
+    try:
+        return ActivationConfig.from_dict(qc["activations"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise PackedModelError(f"{where}: the activation quantization config is invalid "
+                               f"({err})") from None
+
+
+def set_activations(path, activations) -> None:
+    """Record ``activations`` (an ActivationConfig, or None to remove it) in the packed
+    folder's config.json, atomically (a temporary file renamed over it)."""
+    path = Path(path)
+    config, qc = read_config(path)
+    if activations is None:
+        qc.pop("activations", None)
+    else:
+        qc["activations"] = activations.to_dict()
+    tmp = path / f".{CONFIG}.partial-{os.getpid()}"
+    try:
+        tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path / CONFIG)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _header(file: Path, mm) -> tuple[dict, dict, int]:
@@ -275,7 +317,7 @@ def _dtype(name) -> torch.dtype:
 
 
 def load(path, device=None, fold_rotations: bool = True, dtype=None, device_map=None,
-         max_memory=None):
+         max_memory=None, activations: bool = True):
     """A LlamaForCausalLM from the packed folder ``path``, on ``device`` (default the CPU):
     every check of the module docstring, then each quantized layer decoded by
     :func:`pvqref.codes.dequantize` (indices with the Numba tier on the CPU, the torch tier
@@ -285,7 +327,8 @@ def load(path, device=None, fold_rotations: bool = True, dtype=None, device_map=
     instead of ``device``: whole decoder blocks over several devices, a strategy ("auto",
     "balanced", ...; within ``max_memory``) or a {module: device} dict, as transformers'
     ``from_pretrained``; each layer is decoded on its own device (:mod:`pvqref.placement`).
-    In eval mode."""
+    A recorded activation quantization is switched on unless ``activations=False``
+    (:func:`pvqref.activations.enable`). In eval mode."""
     from accelerate import init_empty_weights
     from transformers import LlamaForCausalLM
 
@@ -336,6 +379,10 @@ def load(path, device=None, fold_rotations: bool = True, dtype=None, device_map=
         model.lm_head.weight = model.model.embed_tokens.weight
     model = placement.dispatch(model, device_map)
     model.config.quantization_config = qc
+    act = activation_config(qc)
+    if act is not None and activations:
+        from . import activations as _activations
+        _activations.enable(model, act)
     return model.eval()
 
 

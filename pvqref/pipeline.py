@@ -252,7 +252,7 @@ def quantize_model(model, method: str, bpw: float, calibration_windows: torch.Te
                    measure_loss: bool = False, fold_rotations: bool = True,
                    inplace: bool = False, progress=None, keep_codes: bool = False,
                    shifts: dict | None = None, sensitivities: dict | None = None,
-                   wcsg_groups: int = 4, wcsg_rule: str = "lagrange"):
+                   wcsg_groups: int = 4, wcsg_rule: str = "lagrange", activations=None):
     """Quantize every linear layer of every decoder block of a LLaMA ``model`` with
     ``method`` (one of ``METHODS``) at ``bpw`` bits per weight, calibrating on
     ``calibration_windows`` (n, T) token ids
@@ -280,7 +280,13 @@ def quantize_model(model, method: str, bpw: float, calibration_windows: torch.Te
     their own rate by ``wcsg_rule`` (:func:`pvqref.rsavq.wcsg.plan_row_groups`), within
     the layer's budget of ``bpw``. Every weight is set from
     :func:`pvqref.codes.dequantize` of its codes, so a packed and reloaded model has the
-    same weights bit for bit. Chapter: Hessian-aware PVQ (book/hessian.ipynb)."""
+    same weights bit for bit. ``activations``: also quantize the input of every linear
+    layer of the returned model, with an :class:`pvqref.activations.ActivationConfig` as
+    given, or a dict of :func:`pvqref.activations.calibrate` arguments (``bits``,
+    ``method``, ...) whose PVQ groups are chosen on the quantized model's own inputs on
+    ``calibration_windows`` (the Hessians are those of unquantized activations);
+    :func:`pvqref.packed.save` records it. Chapter: Hessian-aware PVQ (book/hessian.ipynb).
+    """
     _checks.choice(method, "method", METHODS)
     needs_h = method in HESSIAN_METHODS or bool(measure_loss)
     if needs_h and calibration_windows is None:
@@ -306,6 +312,11 @@ def quantize_model(model, method: str, bpw: float, calibration_windows: torch.Te
         inputs = quantize_block(layer, b, inputs, settings, reports)
         if progress is not None:
             progress(b, reports)
+    if activations is not None:
+        from . import activations as act
+        if not isinstance(activations, act.ActivationConfig):
+            activations = act.calibrate(model, calibration_windows, seed=seed, **activations)
+        act.enable(model, activations)
     return model, reports
 
 

@@ -92,6 +92,30 @@ def test_quantize_with_rsavq_writes_row_groups_within_the_rate(checkpoint, tmp_p
     assert "multiple of 6" in capsys.readouterr().err
 
 
+def test_activation_quantization_is_recorded_and_evaluated(checkpoint, quantized, tmp_path,
+                                                          capsys):
+    out = tmp_path / "tiny-a6"
+    assert cli.main(["quantize", "--model", str(checkpoint), "--method", "rtn", "--bpw",
+                     "4.25", "--act-bits", "6", "--out", str(out), "--quiet"]) == 0
+    assert "pvq at 6 bits" in capsys.readouterr().out
+    _, qc = packed.read_config(out)
+    assert qc["activations"]["method"] == "pvq" and qc["activations"]["bits"] == 6
+    run = ["eval", str(out), "--windows", "1", "--context", "128", "--json"]
+    assert cli.main(run) == 0
+    with_act = json.loads(capsys.readouterr().out)
+    assert with_act["activations"] == qc["activations"]
+    assert cli.main(run + ["--weights-only"]) == 0
+    weight_only = json.loads(capsys.readouterr().out)
+    assert weight_only["activations"] is None
+    assert weight_only["perplexity_128"] != with_act["perplexity_128"]
+    assert cli.main(["eval", str(quantized), "--windows", "1", "--context", "128",
+                     "--act-method", "rtn", "--act-bits", "8"]) == 0
+    assert ("rtn at 8 bits; stored per activation with the fp16 norm or scale: 8.125 at "
+            "width 128, 8.062 at width 256") in capsys.readouterr().out
+    assert cli.main(["eval", str(quantized), "--act-method", "rtn", "--act-bits", "4.5"]) == 2
+    assert "whole number" in capsys.readouterr().err
+
+
 def test_inspect_prints_the_breakdown(quantized, capsys):
     assert cli.main(["inspect", str(quantized)]) == 0
     out = capsys.readouterr().out
