@@ -16,7 +16,7 @@ where Q is one of
   the search runs at inference time with no codebook.
 - ``"rtn"``: the baseline, symmetric round-to-nearest per token: b-bit integers
   q = clamp(round(x / s), -(2^(b-1) - 1), 2^(b-1) - 1) with one fp16 scale per token,
-  s = clip * max|x| / (2^(b-1) - 1); with or without the rotation.
+  s = clip * max_i abs(x_i) / (2^(b-1) - 1); with or without the rotation.
 
 Bits per activation, exactly as stored: ``bits`` of payload per activation (PVQ:
 (ceil(log2 N(L, K)) + gain_bits) / L <= bits; RTN: b) plus the token's fp16 norm or scale,
@@ -232,8 +232,8 @@ def relative_error(X, config: ActivationConfig, backend: str = "auto") -> float:
 
 
 def crest_factor(X, rotate_seed: int | None = None) -> np.ndarray:
-    """max |x_i| / rms(x) of every token of X (rotated first with ``rotate_seed``): what
-    sets per-token RTN's step, max |x| / (2^(b-1) - 1), against the token's size."""
+    """max_i abs(x_i) / rms(x) of every token of X (rotated first with ``rotate_seed``): what
+    sets per-token RTN's step, max_i abs(x_i) / (2^(b-1) - 1), against the token's size."""
     X = np.asarray(_tiers.to_numpy(X, np.float64))
     if rotate_seed is not None:
         X = rotation(X.shape[-1], rotate_seed).forward(X)

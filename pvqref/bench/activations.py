@@ -11,6 +11,12 @@ perplexity under the final chapter's protocol (the first 20 windows of 512 token
 evaluation split), the weight-only model in the same run
 (``results/activations_fp.json``, ``results/activations_pvqh.json``).
 
+``--part agreement --bits 8``: for the weights unquantized, the top-1 agreement and mean
+KL divergence of each activation method's next-token distributions to the weight-only
+model's on the same 20 windows (:func:`pvqref.evaluate.agreement`), a finer measure than
+perplexity where both are close to the weight-only model
+(``results/activations_agreement.json``).
+
 ``--part cost``: for each input width of SmolLM2 (576: q, k, v, o, gate, up; 1536: down)
 and each bit width, the seconds per token of :func:`pvqref.activations.quantize_dequantize`
 (rotation, search, gain and their inverses) on a window of 512 captured tokens, for each
@@ -36,13 +42,14 @@ METHODS = (("pvq", {"method": "pvq"}), ("rtn", {"method": "rtn"}),
 # Which layers read each input of a block, and their output widths (SmolLM2-135M).
 READERS = {576: {"q, k, v": (576, 192, 192), "o": (576,), "gate, up": (1536, 1536)},
            1536: {"down": (576,)}}
-TIER_TOKENS = {"reference": 16, "numba": 512, "torch": 512}
+TIER_TOKENS = {"reference": 4, "numba": 512, "torch": 128}
 
 
 def main(argv=None) -> None:
     """The command line of ``benchmarks/bench_activations.py``."""
     args, load = command_line("activations", __doc__, argv,
-                              part=(str, "grid", "grid or cost", ("grid", "cost")),
+                              part=(str, "grid", "grid, agreement or cost",
+                                    ("grid", "agreement", "cost")),
                               weights=(str, "fp", "weights of the grid", tuple(WEIGHTS)),
                               bits=(str, ",".join(map(str, BITS)), "activation bit widths"))
     import torch
@@ -50,7 +57,29 @@ def main(argv=None) -> None:
     bits = [int(b) for b in args.bits.split(",")]
     if args.part == "cost":
         return _cost(args, load, bits)
+    if args.part == "agreement":
+        return _agreement(args, load, bits)
     _grid(args, load, bits)
+
+
+def _agreement(args, load, bits) -> None:
+    from .. import activations, evaluate
+    model, windows, ids = _setup()
+    weight_only = copy.deepcopy(model)          # before any hook: it stays unquantized
+    rows = []
+    for b in bits:
+        for label, kw in METHODS[:2]:
+            cfg = activations.calibrate(model, windows, b, seed=0, **kw)
+            with activations.enable(model, cfg):
+                row = {"method": label, "bits": b, "config": cfg.to_dict(),
+                       **evaluate.agreement(model, weight_only, ids, EVALUATION[1],
+                                            EVALUATION[0])}
+            rows.append(row)
+            print(f"  {label:<5} {b} bits: top-1 {row['top1']:.4f}, KL {row['kl']:.5f}",
+                  flush=True)
+            if args.save:
+                save("activations_agreement", rows, {"weights": "fp", "threads": _threads(),
+                                                     "evaluation": list(EVALUATION)}, load)
 
 
 def _setup():
@@ -152,15 +181,20 @@ def _weight_only(record) -> float:
 
 
 def check_live(record, live: dict, tolerance: float = 0.01) -> None:
-    """Print whether the live 6-bit perplexities ({method: ppl}) agree with the recorded
-    rows of ``record`` within ``tolerance`` (float kernels differ between CPUs); raise if
-    not."""
-    for method, ppl in live.items():
+    """Check the live 6-bit runs ({method: {"perplexity", "config"}}) against the recorded
+    rows of ``record``: the same activation config, and a perplexity within
+    ``tolerance`` (float kernels differ between CPUs); print the outcome, raise if not."""
+    for method, run in live.items():
         row = next(r for r in record["rows"] if r["method"] == method and r["bits"] == 6)
+        if run["config"].to_dict() != row["config"]:
+            raise AssertionError(f"live {method} config {run['config'].to_dict()} is not the "
+                                 f"recorded {row['config']}")
+        ppl = run["perplexity"]
         if abs(ppl / row["perplexity"] - 1) > tolerance:
             raise AssertionError(f"live {method} perplexity {ppl:.3f} is more than "
                                  f"{tolerance:.0%} from the recorded {row['perplexity']:.3f}")
-        print(f"live {method} at 6 bits agrees with its recorded row within {tolerance:.0%}")
+        print(f"live {method} at 6 bits: the recorded config, and its perplexity within "
+              f"{tolerance:.0%} of the recorded row")
 
 
 def grid_table(grids: dict):
@@ -213,3 +247,10 @@ def cost_table(record):
     return (["b", "n", "readers", "reference (us)", "Numba (us)", "torch (us)",
              "matmuls (us)", "Numba / matmuls"], rows,
             [None, None, None, ",.0f", ".1f", ".1f", ".1f", ".2f"])
+
+
+def agreement_table(record):
+    """(header, rows, formats) of top-1 agreement and KL to the weight-only model."""
+    rows = [(r["bits"], r["method"], r["top1"], r["kl"]) for r in record["rows"]]
+    return (["b", "activations", "top-1 agreement", "KL (nats)"], rows,
+            [None, None, ".4f", ".5f"])
