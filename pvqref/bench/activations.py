@@ -212,15 +212,17 @@ def grid_table(grids: dict):
 
 
 def plot_grid(grids: dict, axes) -> None:
-    """Perplexity against activation bits, one panel per grid, log scale."""
+    """Perplexity excess over the weight-only model against activation bits, one panel
+    per grid, log scale (so that 0.1% and 10,000% both read)."""
     for ax, (key, record) in zip(axes, grids.items()):
+        base = _weight_only(record)
         for method, style in (("pvq", "o-"), ("rtn", "s--"), ("rtn unrotated", "^:")):
-            pts = [(r["bits"], r["perplexity"]) for r in record["rows"]
+            pts = [(r["bits"], 100 * (r["perplexity"] / base - 1)) for r in record["rows"]
                    if r["method"] == method]
             ax.plot(*zip(*pts), style, label=method)
-        ax.axhline(_weight_only(record), color="gray", lw=0.8, label="weight-only")
-        ax.set(yscale="log", xlabel="bits per activation b", ylabel="perplexity",
-               title=LABELS[key], xticks=[r["bits"] for r in record["rows"] if r["bits"]])
+        ax.set(yscale="log", xlabel="bits per activation b",
+               ylabel="perplexity over weight-only (%)", title=LABELS[key],
+               xticks=sorted({r["bits"] for r in record["rows"] if r["bits"]}))
         ax.legend()
 
 
