@@ -29,8 +29,8 @@ keeps the least, the same "measure, do not model" rule as the weights' rate choo
 
 In a model, :func:`enable` puts a forward pre-hook on every linear layer of the decoder
 blocks (not the LM head, as QuaRot); layers that read the same tensor (q, k, v; gate and
-up) share one quantization, computed once (by identity and in-place version, through a
-weak reference, as :class:`pvqref.quantized.SharedInputRotation`). The model's weights and
+up) share one quantization, computed once (:class:`pvqref.quantized.LastInput`, as the
+online input rotations of :class:`pvqref.quantized.SharedInputRotation`). The model's weights and
 modules are untouched: removing the hooks gives back the weight-only model exactly.
 
 Tiers (``backend``): "reference", "numba", "torch" run the rotation and the quantizer of
@@ -43,7 +43,6 @@ the layer, never a silently wrong output.
 from __future__ import annotations
 
 import math
-import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -52,6 +51,7 @@ import torch
 from . import _checks, _tiers, gain, pyramid
 from .coherence import RandomizedHadamard
 from .gain.config import check_group_size
+from .quantized import LastInput, QuantizedLinear
 
 METHODS = ("pvq", "rtn")
 TOKEN_BITS = 16                  # fp16 token norm (PVQ) or fp16 scale (RTN), per token
@@ -183,17 +183,23 @@ def _matrix(x, tier: str, n: int):
                                 dtype=np.float64)
 
 
-def quantize_dequantize(x, config: ActivationConfig, backend: str = "auto",
-                        name: str = "activations"):
-    """x (array or tensor, last axis the width n) -> x_hat = R^T Q(R x), every token
-    quantized on its own. Same type, shape, dtype and device as x. Chapter: PVQ for
-    activations (book/activations.ipynb)."""
+def _rotated_tokens(x, config: ActivationConfig, backend, name: str):
+    """(R x as a float64 (tokens, n) matrix of the tier's kind, the tier, R or None, n)."""
     n = check_activations(x, name)
     tier = _tier(backend, x)
     X = _matrix(x, tier, n)
     R = rotation(n, config.seed) if config.rotate else None
     if R is not None:
         X = R.forward(X, backend=tier)
+    return X, tier, R, n
+
+
+def quantize_dequantize(x, config: ActivationConfig, backend: str = "auto",
+                        name: str = "activations"):
+    """x (array or tensor, last axis the width n) -> x_hat = R^T Q(R x), every token
+    quantized on its own. Same type, shape, dtype and device as x. Chapter: PVQ for
+    activations (book/activations.ipynb)."""
+    X, tier, R, n = _rotated_tokens(x, config, backend, name)
     if config.method == "rtn":
         Xq = rtn(X, config.bits, config.clip)
     else:
@@ -211,11 +217,7 @@ def encode(x, config: ActivationConfig, backend: str = "auto") -> gain.Quantized
     ``bit_counts`` (what :meth:`ActivationConfig.bits_per_activation` states)."""
     if config.method != "pvq":
         raise ValueError("encode stores PVQ activations; RTN codes are integers and a scale")
-    n = check_activations(x)
-    tier = _tier(backend, x)
-    X = _matrix(x, tier, n)
-    if config.rotate:
-        X = rotation(n, config.seed).forward(X, backend=tier)
+    X, tier, _, n = _rotated_tokens(x, config, backend, "activations")
     return gain.quantize(X, config.pvq_config(n), backend=tier)
 
 
@@ -285,7 +287,6 @@ def choose(samples: dict, bits: float, seed: int = 0, group_sizes=GROUP_SIZES,
 def decoder_linears(model) -> dict:
     """{name: module} of the linear layers inside the decoder blocks, in order (the
     layers whose inputs are quantized; the LM head is not)."""
-    from .quantized import QuantizedLinear
     return {name: m for name, m in model.named_modules()
             if ".layers." in f".{name}" and isinstance(m, (torch.nn.Linear, QuantizedLinear))}
 
@@ -349,8 +350,8 @@ class ActivationQuantization:
 
     def __init__(self, model, config: ActivationConfig, backend: str = "auto"):
         self.model, self.config, self.backend = model, config, backend
-        self.calls = self.reads = 0
-        self._last = None                          # (weakref to x, x._version, x_hat)
+        self.reads = 0
+        self._cache = LastInput()
         linears = decoder_linears(model)
         if not linears:
             raise ValueError("the model has no linear layers inside decoder blocks "
@@ -362,23 +363,23 @@ class ActivationQuantization:
         self._handles = [m.register_forward_pre_hook(self._hook) for m in linears.values()]
         model.pvqref_activations = self
 
+    @property
+    def calls(self) -> int:
+        return self._cache.calls
+
     def _hook(self, module, args):
-        x = args[0]
         self.reads += 1
-        last = self._last
-        if last is not None and last[0]() is x and last[1] == x._version:
-            return (last[2], *args[1:])
-        x_hat = quantize_dequantize(x.detach(), self.config, self.backend,
-                                    name=f"input of {self._names[id(module)]}")
-        self.calls += 1
-        self._last = (weakref.ref(x), x._version, x_hat)
+        name = f"input of {self._names[id(module)]}"
+        x_hat = self._cache.compute(args[0], lambda x: quantize_dequantize(
+            x.detach(), self.config, self.backend, name=name))
         return (x_hat, *args[1:])
 
     def remove(self) -> None:
         """Take the hooks off: the model is the weight-only model again."""
         for h in self._handles:
             h.remove()
-        self._handles, self._last = [], None
+        self._handles = []
+        self._cache.clear()
         if getattr(self.model, "pvqref_activations", None) is self:
             del self.model.pvqref_activations
 

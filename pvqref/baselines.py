@@ -15,7 +15,6 @@ so every chapter can use it.
 
 from __future__ import annotations
 
-
 import numpy as np
 from scipy import stats
 

@@ -56,6 +56,7 @@ import numpy as np
 import torch
 
 from . import __version__, codes as _codes, format as _format
+from .data import _atomic_write_bytes     # temp file, then rename: one writer for the project
 from .packed_layer import (PVQ_FIELDS, PVQ_TENSORS, SCALAR_TENSORS,  # noqa: F401 (API)
                            PackedLayer, PackedModelError, expected_tensors, format_fields,
                            layer_codes, layer_spec, layer_tensors, pack_layer)
@@ -141,7 +142,7 @@ def write(config: dict, reports, state: dict, path, tokenizer=None, overwrite: b
 
     def write_into(tmp: Path):
         _format.write_safetensors(tmp / WEIGHTS, tensors, data, metadata)
-        (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        (tmp / CONFIG).write_text(_config_text(config))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
     return _format.atomic_folder(Path(path), overwrite, write_into)
@@ -199,14 +200,12 @@ def set_activations(path, activations) -> None:
         qc.pop("activations", None)
     else:
         qc["activations"] = activations.to_dict()
-    tmp = path / f".{CONFIG}.partial-{os.getpid()}"
-    try:
-        tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path / CONFIG)
-    finally:
-        tmp.unlink(missing_ok=True)
+    _atomic_write_bytes(path / CONFIG, _config_text(config).encode())
+
+
+def _config_text(config: dict) -> str:
+    """config.json as written: sorted keys, two-space indent, a final newline."""
+    return json.dumps(config, indent=2, sort_keys=True) + "\n"
 
 
 def _header(file: Path, mm) -> tuple[dict, dict, int]:

@@ -24,6 +24,29 @@ import weakref
 import torch
 
 
+class LastInput:
+    """``f(x)`` computed once for consecutive calls on the same tensor: the result for the
+    last input is kept, recognised by identity and in-place version through a weak
+    reference (so it never keeps an activation alive). ``calls`` counts the computations.
+    Used by :class:`SharedInputRotation` and :mod:`pvqref.activations`."""
+
+    def __init__(self):
+        self.calls = 0
+        self._last = None              # (weakref to x, x._version, f(x))
+
+    def compute(self, x: torch.Tensor, f):
+        last = self._last
+        if last is not None and last[0]() is x and last[1] == x._version:
+            return last[2]
+        y = f(x)
+        self.calls += 1
+        self._last = (weakref.ref(x), x._version, y)
+        return y
+
+    def clear(self) -> None:
+        self._last = None
+
+
 class SharedInputRotation(torch.nn.Module):
     """x -> R x on the last axis, computed once for consecutive calls on the same tensor
     (``calls`` counts the transforms actually computed). Chapter: Hessian-aware PVQ
@@ -32,17 +55,14 @@ class SharedInputRotation(torch.nn.Module):
     def __init__(self, rotation):
         super().__init__()
         self.rotation = rotation
-        self.calls = 0
-        self._last = None              # (weakref to x, x._version, R x)
+        self._cache = LastInput()
+
+    @property
+    def calls(self) -> int:
+        return self._cache.calls
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        last = self._last
-        if last is not None and last[0]() is x and last[1] == x._version:
-            return last[2]
-        y = self.rotation.forward(x, backend="torch")
-        self.calls += 1
-        self._last = (weakref.ref(x), x._version, y)
-        return y
+        return self._cache.compute(x, lambda x: self.rotation.forward(x, backend="torch"))
 
 
 class QuantizedLinear(torch.nn.Module):
