@@ -47,9 +47,10 @@ $s = \max_i \lvert x_i \rvert / (2^{b-1} - 1)$. Both pay 16 bits per token on to
 payload, so at $b$ bits
 
 $$
-\text{bits per activation} = b + 16 / n \quad\text{(RTN)}, \qquad
-\frac{\lceil \log_2 N(L, K) \rceil + \text{gain\_bits}}{L} + \frac{16}{n} \le b + \frac{16}{n}
-\quad\text{(PVQ)} .
+\begin{aligned}
+\text{RTN:}\quad & \text{bits per activation} = b + \frac{16}{n}, \\
+\text{PVQ:}\quad & \text{bits per activation} = \frac{\lceil \log_2 N(L, K) \rceil + \text{gain\_bits}}{L} + \frac{16}{n} \le b + \frac{16}{n} .
+\end{aligned}
 $$
 
 Which $(L, K, \text{gain\_bits})$? As for weights, we measure rather than model:
