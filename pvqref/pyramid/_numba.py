@@ -25,7 +25,8 @@ and propagate the carries once per group.
 Decode sets j = N(l, k) - i and finds the largest a with M(l, k-a) >= j by scanning a = 1,
 2, ... (total scan length over a group is K): compares only, and two subtractions per
 non-zero (j, then the rank inside the +a or -a block). Every number in play is <= N(l, k),
-so the multi-limb compares and subtractions run on the width[l, k] low limbs only.
+so the multi-limb compares and subtractions run on the width[l, k] low limbs only
+(``_numba_limbs.py``: the kernels for indices wider than one limb).
 
 Search
 ------
@@ -41,12 +42,11 @@ from functools import lru_cache
 import numpy as np
 from numba import njit
 
+from ._numba_limbs import decode_limbs, encode_limbs
 from .reference import check_LK, check_table, n_limbs
 
 _ZERO = np.uint64(0)
 _ONE = np.uint64(1)
-_LO32 = np.uint64(0xFFFFFFFF)
-_SH32 = np.uint64(32)
 
 
 # ---- tables ------------------------------------------------------------------------------
@@ -108,54 +108,6 @@ def _one_limb(L: int, K: int) -> np.ndarray:
     return np.ascontiguousarray(tables(L, K)[3][..., 0])
 
 
-# ---- multi-limb compare and subtract on rows of a (L+1, K+1, W) table -------------------
-
-@njit(cache=True)
-def _tab_minus(out, T, l, k, v, nw):
-    """out = T[l, k] - v on the low nw limbs."""
-    b = _ZERO
-    for w in range(nw):
-        a = T[l, k, w]
-        d = a - v[w]
-        b1 = a < v[w]
-        e = d - b
-        b = np.uint64(b1) + np.uint64(d < b)  # at most one of the two can borrow
-        out[w] = e
-
-
-@njit(cache=True)
-def _pair_minus(out, NM, s, l, k, v, nw):
-    """out = NM[s, l, k] - v on the low nw limbs (s = 0: N, s = 1: M; chosen without a branch)."""
-    b = _ZERO
-    for w in range(nw):
-        a = NM[s, l, k, w]
-        d = a - v[w]
-        b1 = a < v[w]
-        e = d - b
-        b = np.uint64(b1) + np.uint64(d < b)
-        out[w] = e
-
-
-@njit(cache=True)
-def _lt_vec_tab(v, T, l, k, nw):
-    """v < T[l, k], both known to fit in the low nw limbs."""
-    for w in range(nw - 1, -1, -1):
-        t = T[l, k, w]
-        if v[w] != t:
-            return v[w] < t
-    return False
-
-
-@njit(cache=True)
-def _lt_tab_vec(T, l, k, v, nw):
-    """T[l, k] < v, both known to fit in the low nw limbs."""
-    for w in range(nw - 1, -1, -1):
-        t = T[l, k, w]
-        if v[w] != t:
-            return t < v[w]
-    return False
-
-
 # ---- encode ---------------------------------------------------------------------------------
 
 @njit(cache=True)
@@ -169,37 +121,6 @@ def _encode_one_limb(Y, K, NM1, out):
             acc += NM1[0, l, k] - NM1[np.int64(v > 0), l, k - a]   # 0 when v = 0
             k -= a
         out[g, 0] = acc
-
-
-@njit(cache=True)
-def _encode_limbs(Y, K, NM, out):
-    # Each contribution N(l,k) - T(l,k-a) is added as W low and W high 32-bit digit
-    # differences into int64 accumulators (no carries inside the loop); one signed carry
-    # pass per group turns the digit sums into the W limbs of the rank.
-    G, L = Y.shape
-    W = NM.shape[3]
-    lo = np.empty(W, dtype=np.int64)
-    hi = np.empty(W, dtype=np.int64)
-    for g in range(G):
-        lo[:] = 0
-        hi[:] = 0
-        k = K
-        for p in range(L):
-            v = Y[g, p]
-            if v == 0:
-                continue
-            a, l = abs(v), L - p
-            P, T = NM[0, l, k], NM[np.int64(v > 0), l, k - a]
-            for w in range(W):
-                lo[w] += np.int64(P[w] & _LO32) - np.int64(T[w] & _LO32)
-                hi[w] += np.int64(P[w] >> _SH32) - np.int64(T[w] >> _SH32)
-            k -= a
-        c = np.int64(0)
-        for w in range(W):                   # carries: the digits of a number >= 0
-            t0 = lo[w] + c
-            t1 = hi[w] + (t0 >> 32)
-            c = t1 >> 32
-            out[g, w] = np.uint64(t0 & 0xFFFFFFFF) | (np.uint64(t1 & 0xFFFFFFFF) << _SH32)
 
 
 # ---- decode ---------------------------------------------------------------------------------
@@ -222,40 +143,6 @@ def _decode_one_limb(I, K, NM1, out):
             # j <= M(l,k-a) - N(l-1,k-a) = N(l,k-a), and then the rank there is N(l,k-a) - j.
             pos = np.int64(NM1[0, l, k - a] < j)
             i = NM1[pos, l, k - a] - j
-            out[g, p] = a * (2 * pos - 1)
-            k -= a
-
-
-@njit(cache=True)
-def _decode_limbs(I, K, NM, width, out):
-    # Every number in play while decoding coordinate p is <= N(l, k), so all compares and
-    # subtractions run on the width[l, k] low limbs only (fewer as the scan proceeds).
-    G, W = I.shape
-    L = out.shape[1]
-    N, M = NM[0], NM[1]
-    i = np.empty(W, dtype=np.uint64)
-    j = np.empty(W, dtype=np.uint64)
-    for g in range(G):
-        i[:] = I[g]
-        out[g] = 0                           # (out may be a caller's buffer)
-        k = K
-        for p in range(L):
-            if k == 0:
-                break                        # the rest is zero
-            l = L - p
-            nw = width[l, k]
-            if _lt_vec_tab(i, N, l - 1, k, nw):
-                continue                     # y_p = 0
-            _tab_minus(j, N, l, k, i, nw)    # j = N(l,k) - i, in [1, M(l,k-1)]
-            a = 1
-            while a < k and not _lt_tab_vec(M, l, k - a - 1, j, nw):
-                a += 1                       # largest a with M(l, k-a) >= j
-            # Rank inside the block: M(l,k-a) - j; it is in the -a half iff that is
-            # >= N(l-1,k-a), i.e. iff j <= M(l,k-a) - N(l-1,k-a) = N(l,k-a), and then
-            # the rank inside the -a half is N(l,k-a) - j. One compare, one subtraction,
-            # no branch on the (unpredictable) sign.
-            pos = np.int64(_lt_tab_vec(N, l, k - a, j, nw))
-            _pair_minus(i, NM, pos, l, k - a, j, nw)
             out[g, p] = a * (2 * pos - 1)
             k -= a
 
@@ -443,7 +330,8 @@ def encode_batch(Y: np.ndarray, K: int, out: np.ndarray | None = None) -> np.nda
     if W == 1:
         _encode_one_limb(Y, K, _one_limb(L, K), out)
     else:
-        _encode_limbs(Y, K, tables(L, K)[3], out)
+        _, _, width, NM = tables(L, K)
+        encode_limbs(Y, K, NM, width, out)
     return out
 
 
@@ -453,7 +341,7 @@ def decode_batch(I: np.ndarray, L: int, K: int, out: np.ndarray | None = None) -
         _decode_one_limb(I, K, _one_limb(L, K), out)
     else:
         _, _, width, NM = tables(L, K)
-        _decode_limbs(I, K, NM, width, out)
+        decode_limbs(I, K, NM, width, out)
     return out
 
 
