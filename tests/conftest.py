@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny random LLaMA and calibration windows for it."""
+"""Shared fixtures: a tiny random LLaMA and calibration windows for it; the check that a
+packed model reloads bit for bit."""
 
 import pytest
 import torch
@@ -19,3 +20,21 @@ def small_llama():
         ids = torch.randint(0, 64, windows, generator=torch.Generator().manual_seed(1))
         return LlamaForCausalLM(cfg).eval(), ids
     return make
+
+
+def save_and_reload_exactly(q, reports, folder, ids):
+    """Pack the quantized model ``q`` (its ``reports`` kept their codes) into ``folder``,
+    check that ``packed.load`` restores every quantized weight bit for bit and that
+    transformers' ``from_pretrained`` gives the same logits on ``ids[:1]``; returns the
+    folder's path."""
+    from transformers import AutoModelForCausalLM
+
+    from pvqref import packed
+    path = packed.save(q, reports, folder, dtype=torch.float32)
+    loaded = packed.load(path)
+    for r in reports:
+        assert torch.equal(loaded.get_submodule(r.name).weight, q.get_submodule(r.name).weight)
+    hf = AutoModelForCausalLM.from_pretrained(path)
+    with torch.no_grad():
+        assert torch.equal(hf(ids[:1]).logits, loaded(ids[:1]).logits)
+    return path

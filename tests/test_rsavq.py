@@ -7,6 +7,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
+from conftest import save_and_reload_exactly
 from pvqref import rsavq
 from pvqref.rsavq import allocation, fisher as rfisher
 
@@ -292,14 +293,7 @@ def test_row_groups_pack_and_reload_bit_for_bit(tmp_path, small_llama):
     I = {n: f.fisher.sensitivity(f.gradient) for n, f in fishers.items()}
     q, reports = pipeline.quantize_model(model, "pvq-h", 3.25, windows, L=16,
                                          sensitivities=I, keep_codes=True)
-    path = packed.save(q, reports, tmp_path / "p", dtype=torch.float32)
-    loaded = packed.load(path)
-    for r in reports:
-        assert torch.equal(loaded.get_submodule(r.name).weight, q.get_submodule(r.name).weight)
-    from transformers import AutoModelForCausalLM
-    hf = AutoModelForCausalLM.from_pretrained(path)
-    with torch.no_grad():
-        assert torch.equal(hf(windows[:1]).logits, loaded(windows[:1]).logits)
+    path = save_and_reload_exactly(q, reports, tmp_path / "p", windows)
     info = packed.inspect(path)
     weights = sum(r.shape[0] * r.shape[1] for r in reports)
     tensors_per_layer = 1 + 4 * 4                # labels, and 4 tensors per row group

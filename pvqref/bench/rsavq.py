@@ -26,7 +26,7 @@ LAMBDAS = (0.0, 0.01, 0.05, -0.05, 0.1)
 METHOD, BPW = "pvq-h", 3.25
 # The ablation: (label, RSAVQ settings as keyword arguments), each on PVQ-H at each rate.
 ABLATION = (("step only", {"wcsg": False}),     # control: unquantized W - lam N, no quantizer
-            ("pvq-h", {"edsg": False, "wcsg": False}),
+            ("base", {"edsg": False, "wcsg": False}),   # PVQ-H, or vq with --method vq
             ("+edsg", {"wcsg": False}),
             ("+wcsg (lagrange)", {"edsg": False}),
             ("+wcsg (paper)", {"edsg": False, "rule": "paper"}),
@@ -43,7 +43,12 @@ def main(argv=None) -> None:
                               rates=(str, ",".join(map(str, RATES)), "ablation rates"),
                               labels=(str, None, "only these ablation rows (comma-separated "
                                       "labels; the sweep's lambda = 0 and lambda rows are "
-                                      "PVQ-H and +EDSG bit for bit)"))
+                                      "PVQ-H and +EDSG bit for bit)"),
+                              method=(str, METHOD, "the base quantizer of the ablation: "
+                                      "pvq-h, or vq for the faithful RSAVQ (k-means VQ)",
+                                      ("pvq-h", "vq")),
+                              out=(str, "rsavq_ablation", "the ablation's results file "
+                                    "(benchmarks/results/OUT.json)"))
     import torch
     torch.set_num_threads(int(os.environ.get("PVQREF_THREADS", "1")))
     from .. import data, rsavq
@@ -80,11 +85,11 @@ def main(argv=None) -> None:
         del model
 
 
-def _quantized(reference, bpw, windows, **options):
-    """(PVQ-H model at ``bpw``, its row: bits per weight, seconds, summed proxy loss)."""
+def _quantized(reference, bpw, windows, method=METHOD, **options):
+    """(``method`` model at ``bpw``, its row: bits per weight, seconds, summed proxy loss)."""
     from .. import pipeline
     start = time.perf_counter()
-    model, reports = pipeline.quantize_model(copy.deepcopy(reference), METHOD, bpw, windows,
+    model, reports = pipeline.quantize_model(copy.deepcopy(reference), method, bpw, windows,
                                              inplace=True, **options)
     return model, {"bpw": pipeline.mean_bits_per_weight(reports),
                    "seconds": time.perf_counter() - start,
@@ -92,10 +97,11 @@ def _quantized(reference, bpw, windows, **options):
 
 
 def _ablation(args, load, reference, windows, ids, fishers, weights, settings) -> None:
-    """PVQ-H -> +EDSG -> +WCSG at each rate, one Fisher for all (``ABLATION``)."""
+    """Base (PVQ-H or vq) -> +EDSG -> +WCSG at each rate, one Fisher for all (``ABLATION``;
+    the row "base" is the base quantizer alone)."""
     from .. import rsavq
     from ..rsavq.quantize import RSAVQ
-    settings = {**settings, "lambda": args.ablation}
+    settings = {**settings, "lambda": args.ablation, "method": args.method}
     sens = {n: f.fisher.sensitivity(f.gradient) for n, f in fishers.items()}
     shifts = rsavq.edsg_shifts(fishers, weights, args.ablation)
     rows = []
@@ -108,7 +114,7 @@ def _ablation(args, load, reference, windows, ids, fishers, weights, settings) -
                 model = _stepped(reference, shifts)
                 row = {"label": label, "rsavq": s.to_dict(), "bpw": 16.0}
             else:
-                model, row = _quantized(reference, bpw, windows,
+                model, row = _quantized(reference, bpw, windows, args.method,
                                         shifts=shifts if s.edsg else None,
                                         sensitivities=sens if s.wcsg else None,
                                         wcsg_rule=s.rule, wcsg_groups=s.groups)
@@ -119,7 +125,7 @@ def _ablation(args, load, reference, windows, ids, fishers, weights, settings) -
                   f"(2048: {row['perplexity_2048']:.3f}), top-1 {row['top1']:.4f}, KL "
                   f"{row['kl']:.4f}, proxy {row.get('proxy_loss', 0):.4g}", flush=True)
             if args.save:
-                save("rsavq_ablation", rows, settings, load)
+                save(args.out, rows, settings, load)
             del model
 
 
