@@ -168,7 +168,8 @@ def test_round_trip_range_and_tiers_bit_identical(case):
         assert (as_numpy(D) == Y).all(), tier
 
 
-@pytest.mark.parametrize("L,K", [(128, 187), (128, 386), (256, 600), (64, 1), (1, 600)])
+@pytest.mark.parametrize("L,K", [(128, 187), (128, 386), (256, 600), (64, 1), (1, 600),
+                                 (16, 53), (16, 54)])   # 62 bits: the torch int64 path; 63: not
 def test_extreme_indices_on_every_tier(L, K):
     n = P.count(L, K)
     ints = [0, 1, n // 3, n - 2, n - 1] if n > 2 else list(range(n))

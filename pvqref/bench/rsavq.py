@@ -139,3 +139,13 @@ def _stepped(reference, shifts):
             w = model.get_submodule(name).weight
             w.add_(torch.as_tensor(d, dtype=w.dtype))
     return model
+
+
+def ablation_table(rows: list[tuple[str, dict]], fp: dict):
+    """(label, row) pairs of ablation runs as the chapter's table: bits per weight,
+    perplexity, excess over the unquantized row ``fp`` (ppl / ppl_fp - 1), top-1, KL."""
+    from .. import book
+    return book.table(["method", "bits per weight", "perplexity", "excess", "top-1", "KL (nats)"],
+                      [(label, r["bpw"], r["perplexity"], r["perplexity"] / fp["perplexity"] - 1,
+                        r["top1"], r["kl"]) for label, r in rows],
+                      [None, ".3f", ".3f", ".3f", ".4f", ".4f"])

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .. import _checks
-from .reference import (beyond_K_error, check_LK, check_table, count, count_table,
+from .reference import (beyond_K_error, bits, check_LK, check_table, count, count_table,
                         limbs_to_ints, n_limbs, norm_error, points_shape_error)
 
 _MASK32 = 0xFFFFFFFF
@@ -193,6 +193,20 @@ def _digit_tables(L: int, K: int, device: str):
     return torch.as_tensor(d, device=device), Mf.to(device)
 
 
+SMALL_BITS = 62                              # indices below 2^62: plain int64 arithmetic
+
+
+@lru_cache(maxsize=8)
+def _small_tables(L: int, K: int, device: str) -> torch.Tensor:
+    """N and M as one (2, L+1, K+1) int64 tensor, for (L, K) whose counts fit SMALL_BITS
+    (every entry used is <= N(L, K); M(l, K), never used, is clamped to fit)."""
+    N = count_table(L, K)
+    M = [N[0]] + [[N[l][k] + N[l - 1][k] for k in range(K + 1)] for l in range(1, L + 1)]
+    cap = (1 << 63) - 1
+    return torch.tensor([[[min(v, cap) for v in row] for row in T] for T in (N, M)],
+                        dtype=torch.int64, device=device)
+
+
 def _normalize(v: torch.Tensor) -> torch.Tensor:
     """Propagate carries/borrows so every digit is in [0, 2^32)."""
     out = torch.empty_like(v)
@@ -277,6 +291,8 @@ def encode_batch(Y: torch.Tensor, K: int, out=None) -> torch.Tensor:
     All L of them are summed digit by digit (32-bit digits in int64: no overflow for
     L < 2^30) and carried once."""
     G, L = Y.shape
+    if bits(L, K) <= SMALL_BITS:
+        return _encode_small(Y, K, out)
     T = _digit_tables(L, K, str(Y.device))[0]
     D = T.shape[-1]
     flat = T.reshape(-1, D)
@@ -292,6 +308,51 @@ def encode_batch(Y: torch.Tensor, K: int, out=None) -> torch.Tensor:
         lo = flat[base + k_before - a + half * (y > 0)].sum(dim=1)
         out[s:s + rows] = _digits_to_limbs(_normalize(hi - lo))
     return out
+
+
+def _encode_small(Y: torch.Tensor, K: int, out=None) -> torch.Tensor:
+    """``encode_batch`` for ranks below 2^SMALL_BITS: the same two gathers, summed in int64
+    (every contribution is >= 0 and their sum is the rank, so nothing overflows)."""
+    G, L = Y.shape
+    T = _small_tables(L, K, str(Y.device)).reshape(-1)
+    half = (L + 1) * (K + 1)
+    base = ((L - torch.arange(L, device=Y.device)) * (K + 1))[None, :]
+    a = Y.abs()
+    at_N = (base + K + a) - a.cumsum(dim=1)          # flat index of N(l, k), k = pulses left
+    at_T = at_N - a
+    at_T += (Y > 0) * half                           # ... and of N or M (l, k - a)
+    rank = T.take(at_N).sum(dim=1) - T.take(at_T).sum(dim=1)
+    if out is None:
+        return rank[:, None]
+    out[:, 0] = rank
+    return out
+
+
+def _decode_small(I: torch.Tensor, L: int, K: int, out=None) -> torch.Tensor:
+    """``decode_batch`` for indices below 2^SMALL_BITS, in int64: per coordinate, y_p = 0
+    iff i < N(l-1, k); else j = N(l, k) - i, the magnitude a = k - m with m the first entry
+    of the increasing row M(l, .) that is >= j (``searchsorted``), the sign + iff
+    N(l, m) < j, and the rank inside the block T(l, m) - j (the numba tier's algebra)."""
+    dev = I.device
+    T = _small_tables(L, K, str(dev))
+    N, M = T[0], T[1]
+    G = I.shape[0]
+    i = I[:, 0].clone()
+    k = torch.full((G,), K, dtype=torch.int64, device=dev)
+    y = torch.zeros((G, L), dtype=torch.int64, device=dev) if out is None else out.zero_()
+    for p in range(L):
+        l = L - p
+        nonzero = (k > 0) & (i >= N[l - 1][k])
+        j = N[l][k] - i
+        # first m with M(l, m) >= j, at most k - 1 (M(l, k-1) >= j when nonzero)
+        m = torch.minimum(torch.searchsorted(M[l, :K], j), (k - 1).clamp(min=0))
+        pos = N[l][m] < j
+        r = torch.where(pos, M[l][m], N[l][m]) - j
+        a = k - m
+        y[:, p] = torch.where(nonzero, torch.where(pos, a, -a), 0)
+        i = torch.where(nonzero, r, i)
+        k = torch.where(nonzero, m, k)
+    return y
 
 
 def check_indices(I: torch.Tensor, L: int, K: int) -> torch.Tensor:
@@ -344,6 +405,8 @@ def _magnitude(Md_l, Mf_l, j, k, active, n_bisect):
 
 def decode_batch(I: torch.Tensor, L: int, K: int, out=None) -> torch.Tensor:
     """Points (G, L) int64 of (G, W) int64 limb tensors (checked by ``check_indices``)."""
+    if bits(L, K) <= SMALL_BITS:
+        return _decode_small(I, L, K, out)
     dev = I.device
     T, Mf = _digit_tables(L, K, str(dev))
     Nd, Md = T[0], T[1]
