@@ -3,16 +3,18 @@
 Device-agnostic: every tensor is created on the input's device. The arithmetic is the
 reference tier's, reorganised so that one tensor operation serves all groups at once:
 
-- Search: per pulse, each group's candidate is the first index of the largest score
-  (xy + a_j)^2 / (yy + 2 y_j + 1). The reference compares by cross-multiplication in a
-  left-to-right scan; the candidate c is the scan's answer exactly when c beats every
-  j < c and no j > c beats c, in the reference's own float comparisons. We check that for
-  every group and fall back to the scan for the (rare, near-tie) groups that fail, so the
-  result is bit-identical to the reference. Sums run left to right, as in the reference.
-- Encode: with 32-bit digits in int64 the rank contributions of all coordinates can be
-  summed digit by digit without overflow and carried once at the end.
-- Decode: coordinates in turn; for each, the magnitude is found by bisecting the increasing
-  table row M(l, 0..k-1) for j (multi-digit comparisons, most significant digit first).
+- Search: per pulse, every candidate of every group is scored in float32 (the numba
+  tier's filter, whose bound is proved in _numba.py): where one score is alone above the
+  threshold it is the reference's choice. The near-ties are settled in float64: the
+  candidate c is the reference scan's answer exactly when c beats every j < c and no
+  j > c beats c in the reference's own float comparisons, and the scan itself runs for
+  the groups where that fails; so the result is the reference's bit for bit. The groups
+  of a chunk are sorted by pulses left, so each pulse works on a leading block of rows.
+- Encode: the rank contributions of all coordinates are looked up in one table and summed
+  in int64 (ranks below 2^62), or digit by digit in ``_torch_digits.py``.
+- Decode: coordinates in turn; for each, one ``searchsorted`` of j = N(l, k) - i in an
+  increasing table row gives the coordinate and one subtraction the next j, in int64, or
+  on 32-bit digits guided by float64 (``_torch_digits.py``) while the numbers are wider.
 
 Index limbs are int64 tensors holding the bit patterns of the uint64 limbs (see
 ``pvqref.pyramid``). The entry points take and return tensors (``pvqref.pyramid``
@@ -22,17 +24,14 @@ tier runs without Numba.
 
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 
-import numpy as np
 import torch
 
 from .. import _checks
+from . import _torch_digits as digits
 from .reference import (beyond_K_error, bits, check_LK, check_table, count, count_table,
                         limbs_to_ints, n_limbs, norm_error, points_shape_error)
-
-_MASK32 = 0xFFFFFFFF
 
 
 # ---- search ---------------------------------------------------------------------------------
@@ -89,80 +88,101 @@ def _pulse_argmax(num, den, force_scan: bool = False):
 # thr = top (1 - 2^-19): see _numba.py for why a row with one float32 score >= thr has the
 # reference's choice there (the same float32 operations, correctly rounded on CPU and GPU).
 _KEEP = 1.0 - 2.0 ** -19
-_CHUNK = 1 << 19                             # weights per chunk of rows
 
 
-def _alone_above(s, idx):
-    """Per row of the float32 scores s (all >= 0, top >= 2^-30): (c, n), n the number of
-    j with s_j >= thr = fl32(top (1 - 2^-19)) and c their index sum (the index when n = 1).
+def _chunk(device) -> int:
+    """Weights per chunk of rows in the greedy loop: on a CPU the float32 work arrays of a
+    chunk stay in cache; an accelerator wants large batches."""
+    return 1 << 18 if device.type == "cpu" else 1 << 22
 
-    Float ops only (torch's float reductions are its fast ones): with t the float just
-    below thr, s_j >= thr iff s_j - t > 0, and a float difference is 0 only for equal
-    floats, so sign(max(s_j - t, 0)) is the exact 0/1 indicator. Its row sum and its
-    product with j = 0..L-1 are sums of small integers, exact in float32."""
-    top = s.amax(dim=1)
-    t = ((top * _KEEP).view(torch.int32) - 1).view(torch.float32)
-    w = s.sub_(t[:, None]).clamp_(min=0).sign_()        # reuses s: not needed afterwards
-    return (w @ idx).to(torch.int64), w.sum(dim=1)
+
+def _alone_above(s, thr, wv, b):
+    """Per row of the float32 scores s (n, L) (all >= 0): (c, alone), alone = exactly one j
+    has s_j >= thr (n,), and c that j.
+
+    The indicator [s_j >= thr] is sign(max(s_j - t, 0)), t the float just below thr: a
+    float difference is 0 only for equal floats and keeps the sign of the exact one (float
+    ops only: torch's float kernels are its fast ones). Its product with wv_j = 1 + 2^b j
+    (2^b > L) is 1 + 2^b c when one j is above, exact in float32 (< 2^24); with two or
+    more it is count + 2^b (sum of j), exact below 2^24 and an even integer above, so its
+    low b bits read 1 only when one j is above. Reuses s."""
+    t = (thr.view(torch.int32) - 1).view(torch.float32)   # thr > 0: the float below it
+    w = s.sub_(t[:, None]).clamp_(min=0).sign_()
+    v = (w.to(wv.dtype) @ wv).to(torch.int64)
+    return v >> b, (v & ((1 << b) - 1)) == 1
 
 
 def _greedy(ax, y, xy, yy, left, force_scan):
-    """Add the remaining pulses of a chunk of rows in place (y, xy, yy), all rows at once.
+    """Add the remaining pulses of a chunk of rows in place (y, xy, yy), all rows at once,
+    the rows sorted by pulses left (most first), so that the rows still adding pulses at
+    each step are a leading block of the chunk.
 
     Each pulse scores every candidate in float32; rows whose top score is not alone above
     thr (near-ties, about 3% per pulse at L = 128) are settled in float64 by
-    ``_pulse_argmax``. Rows that are done take the step with weight 0."""
+    ``_pulse_argmax``. The loop keeps d_j = 2 y_j + 1 (exact in float32), not y."""
     G, L = ax.shape
+    dev = ax.device
     a32 = ax.to(torch.float32)
-    d32 = (2 * y + 1).to(torch.float32)      # 2 y_j + 1, exact
+    d32 = (2 * y + 1).to(torch.float32)      # exact: 2 y_j + 1 <= 2K + 1 < 2^24
     s = torch.empty_like(a32)
     den = torch.empty_like(a32)
-    idx = torch.arange(L, dtype=torch.float32, device=ax.device)
-    for step in range(int(left.max()) if G else 0):
-        torch.add(a32, xy.to(torch.float32)[:, None], out=s)
-        s.mul_(s)
-        torch.add(d32, yy.to(torch.float32)[:, None], out=den)
-        s.div_(den)
-        c, n = _alone_above(s, idx)
-        bad = n != 1
-        if force_scan:
-            bad = torch.ones_like(bad)
+    b = L.bit_length()
+    wv = (1 + (torch.arange(L, device=dev, dtype=torch.float64) * 2 ** b))
+    wv = wv.to(torch.float32 if L < 4096 else torch.float64)
+    two = torch.full((G, 1), 2.0, device=dev)
+    active = torch.bincount(left, minlength=int(left[0]) + 1 if G else 1)
+    active = (G - active.cumsum(0))[:-1].tolist()       # rows with more than t pulses left
+    for n in active:
+        sv, dv = s[:n], den[:n]
+        torch.add(a32[:n], xy[:n, None].to(torch.float32), out=sv)
+        sv.mul_(sv)
+        torch.add(d32[:n], yy[:n, None].to(torch.float32), out=dv)
+        sv.div_(dv)
+        c, alone = _alone_above(sv, sv.amax(dim=1).mul_(_KEEP), wv, b)
+        bad = ~alone if not force_scan else torch.ones_like(alone)
         if bool(bad.any()):
             r = bad.nonzero()[:, 0]
             t = xy[r, None] + ax[r]
-            c[r] = _pulse_argmax(t * t, yy[r, None] + 2.0 * y[r].to(torch.float64) + 1.0,
-                                 force_scan)
+            c[r] = _pulse_argmax(t * t, yy[r, None] + d32[r].to(torch.float64), force_scan)
         c = c[:, None]
-        inc = (left > step).to(torch.int64)[:, None]   # 0 for rows already done
-        yc = y.gather(1, c)
-        xy += (ax.gather(1, c) * inc)[:, 0]           # + 0.0 leaves xy >= 0 unchanged
-        yy += ((2 * yc + 1) * inc)[:, 0].to(torch.float64)
-        y.scatter_add_(1, c, inc)
-        d32.scatter_add_(1, c, 2.0 * inc.to(torch.float32))
+        xy[:n] += ax[:n].gather(1, c)[:, 0]
+        yy[:n] += d32[:n].gather(1, c)[:, 0]            # + (2 y_c + 1), exact
+        d32[:n].scatter_add_(1, c, two[:n])
+    y.copy_(((d32 - 1) / 2).to(torch.int64))
+
+
+def _project(ax: torch.Tensor, K: int) -> torch.Tensor:
+    """Step 1 of the search: y_j = floor((K + 0.8) a_j / sum(a)), the sum left to right, or
+    zeros if that overshoots K (it cannot in exact arithmetic) or K <= L / 2."""
+    G, L = ax.shape
+    if K <= L // 2:
+        return torch.zeros((G, L), dtype=torch.int64, device=ax.device)
+    s = torch.zeros(G, dtype=torch.float64, device=ax.device)
+    for j in range(L):
+        s += ax[:, j]
+    y = torch.floor(ax * (torch.full_like(s, K + 0.8) / s)[:, None]).to(torch.int64)
+    y[y.sum(dim=1) > K] = 0
+    return y
 
 
 def _search(X: torch.Tensor, K: int, force_scan: bool = False, out=None) -> torch.Tensor:
     G, L = X.shape
-    dev = X.device
-    y = torch.zeros((G, L), dtype=torch.int64, device=dev)
-    rows = max(1, _CHUNK // L)
+    A = X.abs()
+    ax = A.div_(A.amax(dim=1, keepdim=True))
+    y = _project(ax, K)
+    xy = torch.zeros(G, dtype=torch.float64, device=X.device)
+    for j in range(L):                       # left to right, as the reference
+        xy += ax[:, j] * y[:, j]
+    yy = (y * y).sum(dim=1).to(torch.float64)   # exact integers: order does not matter
+    left = K - y.sum(dim=1)
+    rows = max(1, _chunk(X.device) // L)
     for s0 in range(0, G, rows):
-        A = X[s0:s0 + rows].abs()
-        ax = A / A.amax(dim=1, keepdim=True)
-        yc = y[s0:s0 + rows]
-        g = len(ax)
-        if K > L // 2:                       # projection, sums left to right
-            s = torch.zeros(g, dtype=torch.float64, device=dev)
-            for j in range(L):
-                s += ax[:, j]
-            rcp = torch.full_like(s, K + 0.8) / s
-            yc.copy_(torch.floor(ax * rcp[:, None]).to(torch.int64))
-            yc[yc.sum(dim=1) > K] = 0
-        xy = torch.zeros(g, dtype=torch.float64, device=dev)
-        for j in range(L):
-            xy += ax[:, j] * yc[:, j].to(torch.float64)
-        yy = (yc * yc).sum(dim=1).to(torch.float64)   # exact integers: order does not matter
-        _greedy(ax, yc, xy, yy, K - yc.sum(dim=1), force_scan)
+        part = slice(s0, s0 + rows)
+        n_left, order = left[part].sort(descending=True)
+        y_part = y[part][order]
+        _greedy(ax[part][order], y_part, xy[part][order], yy[part][order], n_left,
+                force_scan)
+        y[part] = y_part.index_select(0, order.argsort())
     return torch.where(X < 0, -y, y, out=out) if out is not None else torch.where(X < 0, -y, y)
 
 
@@ -175,25 +195,12 @@ def search_batch(X: torch.Tensor, K: int, force_scan: bool = False, out=None) ->
     return _search(X, K, force_scan, out)
 
 
-# ---- multi-digit numbers: int64 digits of b bits, least significant first -------------------
+# ---- encode / decode -------------------------------------------------------------------------
+#
+# Indices below 2^62 are coded here in plain int64; wider ones as 32-bit digits by
+# ``_torch_digits.py`` (which states the decoder's algebra in j = N(l, k) - i).
 
-@lru_cache(maxsize=8)
-def _digit_tables(L: int, K: int, device: str):
-    """N(l, k) and M(l, k) = N(l, k) + N(l-1, k) (mod 2^(64 W)) for l <= L, k <= K, as one
-    (2, L+1, K+1, 2W) int64 tensor of 32-bit digits, from the reference's exact counts; and
-    the float64 values of M (exact counts, rows increasing in k, for ``searchsorted``)."""
-    N = count_table(L, K)
-    W = n_limbs(L, K)
-    mod = 1 << (64 * W)
-    M = [N[0]] + [[N[l][k] + N[l - 1][k] for k in range(K + 1)] for l in range(1, L + 1)]
-    raw = b"".join((v % mod).to_bytes(8 * W, "little") for T in (N, M) for row in T for v in row)
-    d = np.frombuffer(raw, dtype="<u4").astype(np.int64).reshape(2, L + 1, K + 1, 2 * W)
-    Mf = torch.tensor([[float(v) if v.bit_length() < 1024 else math.inf for v in row]
-                       for row in M], dtype=torch.float64)
-    return torch.as_tensor(d, device=device), Mf.to(device)
-
-
-SMALL_BITS = 62                              # indices below 2^62: plain int64 arithmetic
+SMALL_BITS = digits.SMALL_BITS
 
 
 @lru_cache(maxsize=8)
@@ -207,46 +214,14 @@ def _small_tables(L: int, K: int, device: str) -> torch.Tensor:
                         dtype=torch.int64, device=device)
 
 
-def _normalize(v: torch.Tensor) -> torch.Tensor:
-    """Propagate carries/borrows so every digit is in [0, 2^32)."""
-    out = torch.empty_like(v)
-    carry = torch.zeros_like(v[..., 0])
-    for d in range(v.shape[-1]):
-        t = v[..., d] + carry
-        out[..., d] = t & _MASK32
-        carry = t >> 32
-    return out
+@lru_cache(maxsize=8)
+def _small_blocks(L: int, K: int, l_max: int, device: str):
+    """The decoder's rows Q(l, .) and steps S(l, .) (``_torch_digits.blocks``) for
+    l <= l_max, where N(l, K) < 2^62, as two (l_max+1, 2K+1) int64 tensors."""
+    Q, S = digits.blocks(L, K)
+    return (torch.tensor(Q[: l_max + 1], device=device),
+            torch.tensor(S[: l_max + 1], device=device))
 
-
-def _lex_lt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a < b for normalised multi-digit numbers: the sign of the top non-zero digit of a - b."""
-    d = a - b
-    pos = torch.arange(d.shape[-1], device=d.device)
-    top = torch.where(d != 0, pos, -1).amax(dim=-1, keepdim=True)
-    return ((top >= 0) & (d.gather(-1, top.clamp(min=0)) < 0))[..., 0]
-
-
-def _sub(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a - b for normalised a >= b (32-bit digits), borrows by look-ahead: digit i borrows
-    exactly when the nearest non-zero digit of a - b below i is negative."""
-    d = a - b
-    pos = torch.arange(d.shape[-1], device=d.device).expand_as(d)
-    last = torch.where(d != 0, pos, -1).cummax(dim=-1).values
-    below = torch.cat([torch.full_like(last[..., :1], -1), last[..., :-1]], dim=-1)
-    borrow = (below >= 0) & (d.gather(-1, below.clamp(min=0)) < 0)
-    return (d - borrow.to(d.dtype)) & _MASK32
-
-
-def _digits_to_limbs(d: torch.Tensor) -> torch.Tensor:
-    return d[:, 0::2] | (d[:, 1::2] << 32)
-
-
-def _limbs_to_digits(limbs: torch.Tensor) -> torch.Tensor:
-    lo, hi = limbs & _MASK32, (limbs >> 32) & _MASK32
-    return torch.stack([lo, hi], dim=-1).reshape(limbs.shape[0], 2 * limbs.shape[1])
-
-
-# ---- encode / decode -------------------------------------------------------------------------
 
 def check_points(Y: torch.Tensor, K):
     """(Y as int64, K): Y a (G, L) integer tensor of pyramid points of L1 norm K (K = row 0's
@@ -287,33 +262,12 @@ def encode_batch(Y: torch.Tensor, K: int, out=None) -> torch.Tensor:
     """Ranks of the rows of Y (checked by ``check_points``) as (G, W) int64 limbs.
 
     The contribution of coordinate p (see _numba.py) is N(l, k) - T(l, k - |y_p|), T = M
-    for y_p > 0 and N otherwise, k the pulses left before p: two gathers from one table.
-    All L of them are summed digit by digit (32-bit digits in int64: no overflow for
-    L < 2^30) and carried once."""
+    for y_p > 0 and N otherwise, k the pulses left before p: two look-ups in one table,
+    summed over the coordinates in int64 (every contribution is >= 0 and their sum is the
+    rank, so nothing overflows below 2^62), or digit by digit for wider ranks."""
     G, L = Y.shape
-    if bits(L, K) <= SMALL_BITS:
-        return _encode_small(Y, K, out)
-    T = _digit_tables(L, K, str(Y.device))[0]
-    D = T.shape[-1]
-    flat = T.reshape(-1, D)
-    half = (L + 1) * (K + 1)                 # rows of the N half; the M half follows
-    base = ((L - torch.arange(L, device=Y.device)) * (K + 1))[None, :]
-    out = torch.empty((G, D // 2), dtype=torch.int64, device=Y.device) if out is None else out
-    rows = max(1, (1 << 18) // (L * D))      # gathers of (rows, L, D) stay in cache
-    for s in range(0, G, rows):
-        y = Y[s:s + rows]
-        a = y.abs()
-        k_before = K - (a.cumsum(dim=1) - a)
-        hi = flat[base + k_before].sum(dim=1)                    # sum of N(l, k)
-        lo = flat[base + k_before - a + half * (y > 0)].sum(dim=1)
-        out[s:s + rows] = _digits_to_limbs(_normalize(hi - lo))
-    return out
-
-
-def _encode_small(Y: torch.Tensor, K: int, out=None) -> torch.Tensor:
-    """``encode_batch`` for ranks below 2^SMALL_BITS: the same two gathers, summed in int64
-    (every contribution is >= 0 and their sum is the rank, so nothing overflows)."""
-    G, L = Y.shape
+    if bits(L, K) > SMALL_BITS:
+        return digits.encode(Y, K, n_limbs(L, K), out)
     T = _small_tables(L, K, str(Y.device)).reshape(-1)
     half = (L + 1) * (K + 1)
     base = ((L - torch.arange(L, device=Y.device)) * (K + 1))[None, :]
@@ -328,33 +282,6 @@ def _encode_small(Y: torch.Tensor, K: int, out=None) -> torch.Tensor:
     return out
 
 
-def _decode_small(I: torch.Tensor, L: int, K: int, out=None) -> torch.Tensor:
-    """``decode_batch`` for indices below 2^SMALL_BITS, in int64: per coordinate, y_p = 0
-    iff i < N(l-1, k); else j = N(l, k) - i, the magnitude a = k - m with m the first entry
-    of the increasing row M(l, .) that is >= j (``searchsorted``), the sign + iff
-    N(l, m) < j, and the rank inside the block T(l, m) - j (the numba tier's algebra)."""
-    dev = I.device
-    T = _small_tables(L, K, str(dev))
-    N, M = T[0], T[1]
-    G = I.shape[0]
-    i = I[:, 0].clone()
-    k = torch.full((G,), K, dtype=torch.int64, device=dev)
-    y = torch.zeros((G, L), dtype=torch.int64, device=dev) if out is None else out.zero_()
-    for p in range(L):
-        l = L - p
-        nonzero = (k > 0) & (i >= N[l - 1][k])
-        j = N[l][k] - i
-        # first m with M(l, m) >= j, at most k - 1 (M(l, k-1) >= j when nonzero)
-        m = torch.minimum(torch.searchsorted(M[l, :K], j), (k - 1).clamp(min=0))
-        pos = N[l][m] < j
-        r = torch.where(pos, M[l][m], N[l][m]) - j
-        a = k - m
-        y[:, p] = torch.where(nonzero, torch.where(pos, a, -a), 0)
-        i = torch.where(nonzero, r, i)
-        k = torch.where(nonzero, m, k)
-    return y
-
-
 def check_indices(I: torch.Tensor, L: int, K: int) -> torch.Tensor:
     """(G, W) limb tensor (int64 bit patterns, or uint64) checked for (L, K): dtype, shape,
     every index < N(L, K). Returns it as int64."""
@@ -367,9 +294,9 @@ def check_indices(I: torch.Tensor, L: int, K: int) -> torch.Tensor:
         raise ValueError(f"indices for (L={L}, K={K}) must be a (G, {W}) tensor of limbs, "
                          f"got shape {tuple(I.shape)}")
     top = count(L, K) - 1                                   # largest valid index
-    last = torch.tensor([(top >> (32 * d)) & _MASK32 for d in range(2 * W)],
+    last = torch.tensor([(top >> (32 * d)) & digits.MASK32 for d in range(2 * W)],
                         dtype=torch.int64, device=I.device)
-    bad = _lex_lt(last[None, :], _limbs_to_digits(I))
+    bad = digits.less(last[:, None], digits.to_digits(I, 2 * W))
     if bool(bad.any()):
         g = int(bad.nonzero()[0, 0])
         raise ValueError(f"index {limbs_to_ints(I[g:g + 1])[0]} (group {g}) out of range "
@@ -377,56 +304,30 @@ def check_indices(I: torch.Tensor, L: int, K: int) -> torch.Tensor:
     return I
 
 
-def _magnitude(Md_l, Mf_l, j, k, active, n_bisect):
-    """Per active row, the smallest m in [0, k) with M(l, m) >= j (exact; M(l, k-1) >= j).
-
-    A guess from float64 (``searchsorted`` on the increasing row M(l, .)), kept where the
-    exact digits confirm it, M(l, m-1) < j <= M(l, m); bisection for the rows where not
-    (ambiguous float64 values: rare but for indices on block boundaries)."""
-    D = j.shape[1]
-    if D < 32:                               # float64 holds up to 2^1024
-        pw = torch.tensor([2.0 ** (32 * d) for d in range(D)], dtype=torch.float64,
-                          device=j.device)
-        m = torch.minimum(torch.searchsorted(Mf_l, (j.to(torch.float64) * pw).sum(dim=1)),
-                          k - 1).clamp(min=0)
-        below = (m == 0) | _lex_lt(Md_l[(m - 1).clamp(min=0)], j)     # M(l, m-1) < j
-        ok = ~active | (~_lex_lt(Md_l[m], j) & below)
-        if bool(ok.all()):
-            return m
-    else:
-        m, ok = torch.zeros_like(k), torch.zeros_like(active)
-    lo, hi = torch.zeros_like(k), k.clone()             # bisect: first m with M(l,m) >= j
-    for _ in range(n_bisect):
-        mid = (lo + hi) // 2
-        below = _lex_lt(Md_l[mid], j) & (lo < hi)
-        lo, hi = torch.where(below, mid + 1, lo), torch.where(below | (lo == hi), hi, mid)
-    return torch.where(ok, m, lo)
-
-
 def decode_batch(I: torch.Tensor, L: int, K: int, out=None) -> torch.Tensor:
-    """Points (G, L) int64 of (G, W) int64 limb tensors (checked by ``check_indices``)."""
-    if bits(L, K) <= SMALL_BITS:
-        return _decode_small(I, L, K, out)
+    """Points (G, L) int64 of (G, W) int64 limb tensors (checked by ``check_indices``).
+
+    Per coordinate, with j = N(l, k) - i: the first q with Q(l, q) >= j (one
+    ``searchsorted`` on an increasing row) gives y_p, then j -= S(l, q), k = q // 2
+    (``_torch_digits.py``). Indices wider than 2^62 run their first coordinates on digits
+    there, then the rest here in int64."""
     dev = I.device
-    T, Mf = _digit_tables(L, K, str(dev))
-    Nd, Md = T[0], T[1]
-    i = _limbs_to_digits(I)
     G = I.shape[0]
-    k = torch.full((G,), K, dtype=torch.int64, device=dev)
-    y = torch.zeros((G, L), dtype=torch.int64, device=dev) if out is None else out.zero_()
-    n_bisect = max(1, K.bit_length())
-    for p in range(L):
+    yT = torch.empty((L, G), dtype=torch.int64, device=dev)
+    if bits(L, K) > SMALL_BITS:
+        j, k2, p = digits.decode_wide(I, L, K, yT)
+    else:
+        j = count(L, K) - I[:, 0]                      # a new tensor: updated in place
+        k2, p = torch.full((G,), 2 * K, dtype=torch.int64, device=dev), 0
+    Q, S = _small_blocks(L, K, L - p, str(dev))
+    y_of, fall = digits.y_of_count(K, dev)
+    for p in range(p, L):
         l = L - p
-        nonzero = ~_lex_lt(i, Nd[l - 1][k])                 # i >= N(l-1, k): |y_p| > 0
-        if not bool(nonzero.any()):
-            continue
-        j = _sub(Nd[l][k], torch.where(nonzero[:, None], i, 0))
-        m = _magnitude(Md[l], Mf[l], j, torch.where(nonzero, k, 1), nonzero, n_bisect)
-        a = k - m                                           # largest a with M(l, k-a) >= j
-        r = _sub(Md[l][m], j)
-        neg = ~_lex_lt(r, Nd[l - 1][m])
-        r = torch.where(neg[:, None], _sub(r, Nd[l - 1][m]), r)
-        y[:, p] = torch.where(nonzero, torch.where(neg, -a, a), 0)
-        i = torch.where(nonzero[:, None], r, i)
-        k = torch.where(nonzero, k - a, k)
-    return y
+        c = k2 - torch.searchsorted(Q[l], j)           # blocks counted from the top
+        torch.index_select(y_of, 0, c, out=yT[p])
+        j -= S[l].index_select(0, k2 - c)
+        k2 -= fall.index_select(0, c)
+    if out is None:
+        return yT.t().contiguous()
+    out.copy_(yT.t())
+    return out

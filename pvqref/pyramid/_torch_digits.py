@@ -1,0 +1,232 @@
+"""Enumeration of wide indices in the torch tier: ranks of more than 62 bits as digits.
+
+``_torch.py`` codes indices below 2^62 in plain int64. Wider ones (L = 128 at 3 bits per
+weight: 384 bits) are held as D little-endian 32-bit *digits* in int64 tensors, digit-major
+((D, G): each digit of every group contiguous), so that one tensor operation serves a whole
+digit of the batch.
+
+Encode
+------
+The rank is the sum over coordinates of N(l, k) - T(l, k - |y_p|) (``_numba.py``). While
+coding coordinate p every number is <= N(l, K), l = L - p, so it has at most
+``digits[l]`` digits, and that count only falls along a group. So digit d of the rank is
+summed over the leading coordinates whose numbers reach digit d only (a prefix of the
+columns): about half of the L x D digit look-ups of a full-width sum at L = 128. The digit
+sums (|sum| < L 2^32) are carried once at the end.
+
+Decode
+------
+Write j = N(l, k) - i (1 <= j <= N(l, k)) for the index i still to decode with l
+coordinates and k pulses left. In j the blocks of coordinate p (y_p = 0, +k, -k, ...,
++1, -1 read from the top) are cut by one increasing table row,
+
+    Q(l, 2m) = N(l, m),   Q(l, 2m + 1) = M(l, m) = N(l, m) + N(l - 1, m),   Q(l, 2k) = N(l, k),
+
+and the first q with Q(l, q) >= j names the block: y_p = 0 if q = 2k, else magnitude
+k - q // 2, positive for odd q. The next j is j - (Q(l, q) - N(l - 1, q // 2)), with
+k = q // 2 pulses left (the numba tier's algebra, written in j). So a coordinate costs one
+``searchsorted`` of j and one subtraction of a table entry.
+
+The search runs on float64 values: j's from its digits (a sum of non-negative terms,
+relative error below 2^-49), Q's correctly rounded. The guess q is certain when
+Q_f(q - 1) < j_f (1 - 2^-45) and j_f (1 + 2^-45) < Q_f(q); the rare groups where not (j
+on or within 2^-45 of a block edge, as for indices on block boundaries) are settled by
+bisection on the exact digits. The subtraction leaves digits in (-2^32, 2^32), put back in
+[0, 2^32) by carry rounds (one, nearly always). Once N(l, K) < 2^62 the rest of the group
+is decoded in int64 by ``_torch.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from .reference import count_table
+
+MASK32 = 0xFFFFFFFF
+SMALL_BITS = 62                              # numbers below 2^62: plain int64 arithmetic
+_SAFE = 2.0 ** -45                           # relative margin of the float64 block guess
+
+
+def n_digits(v: int) -> int:
+    """32-bit digits of the non-negative int v (at least 1)."""
+    return max(1, -(-v.bit_length() // 32))
+
+
+def _digit_planes(rows, D: int) -> np.ndarray:
+    """Python ints (a 2-D list) -> (D, rows, cols) int64 array of their 32-bit digits."""
+    raw = b"".join(v.to_bytes(4 * D, "little") for row in rows for v in row)
+    d = np.frombuffer(raw, dtype="<u4").astype(np.int64)
+    return np.ascontiguousarray(d.reshape(len(rows), len(rows[0]), D).transpose(2, 0, 1))
+
+
+def blocks(L: int, K: int) -> tuple[list[list[int]], list[list[int]]]:
+    """The rows Q(l, 0..2K) of the decoder, and the steps S(l, q) = Q(l, q) - N(l-1, q // 2)
+    it subtracts from j, for 1 <= l <= L (row 0: zeros), as exact Python ints."""
+    N = count_table(L, K)
+    Q, S = [[0] * (2 * K + 1)], [[0] * (2 * K + 1)]
+    for l in range(1, L + 1):
+        q_row = [N[l][q // 2] + (N[l - 1][q // 2] if q % 2 else 0) for q in range(2 * K + 1)]
+        Q.append(q_row)
+        S.append([q_row[q] - N[l - 1][q // 2] for q in range(2 * K + 1)])
+    return Q, S
+
+
+@lru_cache(maxsize=8)
+def decode_tables(L: int, K: int, device: str):
+    """(Qd, Sd, R, digits, l_small) for the wide decoder: Q and S as (D, L+1, 2K+1) digit
+    planes; R, Q's float64 values with -inf in front and +inf behind (R[l, t] = Q(l, t-1));
+    digits[l] = the digit count of N(l, K); l_small = the largest l with
+    N(l, K) < 2^SMALL_BITS (from there ``_torch.py`` decodes in int64)."""
+    N = count_table(L, K)
+    Q, S = blocks(L, K)
+    D = n_digits(N[L][K])
+    digits = [n_digits(N[l][K]) for l in range(L + 1)]
+    l_small = max(l for l in range(L + 1) if N[l][K] < 1 << SMALL_BITS)
+    R = torch.tensor([[-math.inf] + [float(v) if v.bit_length() < 1024 else math.inf
+                                     for v in row] + [math.inf] for row in Q],
+                     dtype=torch.float64)
+    return (torch.as_tensor(_digit_planes(Q, D), device=device),
+            torch.as_tensor(_digit_planes(S, D), device=device),
+            R.to(device), digits, l_small)
+
+
+@lru_cache(maxsize=8)
+def encode_tables(L: int, K: int, device: str):
+    """(T, digits): N and M as (D, 2 (L+1) (K+1)) digit planes (row-major (table, l, k) in
+    each plane) and digits[l] = the digit count of N(l, K)."""
+    N = count_table(L, K)
+    M = [N[0]] + [[N[l][k] + N[l - 1][k] for k in range(K + 1)] for l in range(1, L + 1)]
+    D = n_digits(N[L][K])
+    cap = (1 << (32 * D)) - 1                # M(l, K) may not fit; it is never read
+    planes = _digit_planes([[min(v, cap) for v in row] for row in list(N) + M], D)
+    return torch.as_tensor(planes.reshape(D, -1), device=device), \
+        [n_digits(N[l][K]) for l in range(L + 1)]
+
+
+# ---- digits ---------------------------------------------------------------------------------
+
+def carry(v: torch.Tensor) -> torch.Tensor:
+    """Digits (D, G) of numbers in [0, 2^(32 D)) put back in [0, 2^32), in place: carry
+    rounds until the digits below the top are in range (the top digit is then too). One
+    round nearly always suffices; the check is a min/max (``any`` is slower on CPU)."""
+    low, high = v[:-1], v[1:]
+    while low.numel():
+        c = low >> 32                        # floor(v / 2^32), negative digits included
+        low &= MASK32
+        high += c
+        lo, hi = torch.aminmax(low)
+        if int(lo) >= 0 and int(hi) <= MASK32:
+            break
+    return v
+
+
+def to_digits(limbs: torch.Tensor, D: int) -> torch.Tensor:
+    """(G, W) int64 limb bit patterns -> (D, G) digits (D <= 2 W)."""
+    d = torch.stack([limbs & MASK32, (limbs >> 32) & MASK32], dim=-1)
+    d = d.reshape(len(limbs), 2 * limbs.shape[1])
+    return d[:, :D].t().contiguous()
+
+
+def to_limbs(d: torch.Tensor, W: int, out=None) -> torch.Tensor:
+    """(D, G) normalised digits -> (G, W) int64 limb bit patterns (D <= 2 W)."""
+    G = d.shape[1]
+    full = torch.zeros((2 * W, G), dtype=torch.int64, device=d.device)
+    full[: d.shape[0]] = d
+    res = full[0::2] | (full[1::2] << 32)
+    if out is None:
+        return res.t().contiguous()
+    out.copy_(res.t())
+    return out
+
+
+def less(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a < b per column, for normalised digits (D, n) (broadcast): the top unequal digit."""
+    a, b = torch.broadcast_tensors(a, b)
+    pos = torch.arange(1, a.shape[0] + 1, device=a.device)[:, None]
+    top = ((a != b) * pos).amax(dim=0, keepdim=True) - 1          # -1: a == b
+    at = top.clamp(min=0)
+    return ((top >= 0) & (a.gather(0, at) < b.gather(0, at)))[0]
+
+
+# ---- encode ---------------------------------------------------------------------------------
+
+def encode(Y: torch.Tensor, K: int, W: int, out=None) -> torch.Tensor:
+    """Ranks of the rows of Y (checked pyramid points of L1 norm K) as (G, W) limbs."""
+    G, L = Y.shape
+    T, digits = encode_tables(L, K, str(Y.device))
+    half = (L + 1) * (K + 1)
+    A = Y.abs().t().contiguous()                       # coordinate-major: (L, G)
+    base = ((L - torch.arange(L, device=Y.device)) * (K + 1))[:, None]
+    at_N = (base + K + A) - A.cumsum(dim=0)            # flat index of N(l, k)
+    at_T = at_N - A + (Y > 0).t() * half              # ... and of T(l, k - |y|)
+    acc = torch.empty((T.shape[0], G), dtype=torch.int64, device=Y.device)
+    for d in range(T.shape[0]):
+        n = sum(1 for l in range(L, 0, -1) if digits[l] > d)  # coordinates reaching digit d
+        plus = T[d].index_select(0, at_N[:n].view(-1)).view(n, G).sum(dim=0)
+        acc[d] = plus - T[d].index_select(0, at_T[:n].view(-1)).view(n, G).sum(dim=0)
+    return to_limbs(carry(acc), W, out)
+
+
+# ---- decode ---------------------------------------------------------------------------------
+#
+# The block is counted from the top of the row, c = 2k - q: y_p = 0 for c = 0, and +1, -1,
+# +2, -2, ... for c = 1, 2, 3, 4, ...; k falls by |y_p| = (c + 1) // 2.
+
+
+def y_of_count(K: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """For c = 0 .. 2K: y_p (0, +1, -1, +2, ...) and the fall of 2k, 2 |y_p|."""
+    c = torch.arange(2 * K + 1, device=device)
+    a = (c + 1) >> 1
+    return a * (2 * (c & 1) - 1), 2 * a
+
+
+def _count_digits(j, Qd_l, k2):
+    """2k - (the first q in [0, 2k] with Q(l, q) >= j), by bisection on the exact digits
+    (the groups whose float64 count is not certain; j (D, n), Qd_l (D, 2K+1), k2 = 2k)."""
+    lo, hi = torch.zeros_like(k2), k2.clone()
+    for _ in range(max(1, int(hi.max()).bit_length()) + 1):
+        mid = (lo + hi) // 2
+        below = less(Qd_l.gather(1, mid.expand(len(Qd_l), -1)), j) & (lo < hi)
+        lo, hi = torch.where(below, mid + 1, lo), torch.where(below | (lo == hi), hi, mid)
+    return k2 - lo
+
+
+def decode_wide(I: torch.Tensor, L: int, K: int, yT: torch.Tensor):
+    """Decode coordinates p = 0 .. L - l_small - 1 of the (G, W) index limbs I into the
+    rows of yT (L, G). Returns (j, k2, p): j (int64, < 2^62) and 2k of every group and the
+    first coordinate left to ``_torch.py``'s int64 loop."""
+    dev = I.device
+    Qd, Sd, R, digits, l_small = decode_tables(L, K, str(dev))
+    y_of, fall = y_of_count(K, dev)
+    G = I.shape[0]
+    D = digits[L]
+    j = carry(Qd[:D, L, 2 * K, None] - to_digits(I, D))         # N(L, K) - i
+    k2 = torch.full((G,), 2 * K, dtype=torch.int64, device=dev)
+    pw = torch.tensor([2.0 ** (32 * d) for d in range(min(D, 31))], dtype=torch.float64,
+                      device=dev)
+    p = 0
+    for l in range(L, l_small, -1):
+        n = digits[l]
+        jd = j[:n]
+        if n < 32:                                     # float64 holds j: guess, then check
+            jf = pw[:n] @ jd.to(torch.float64)
+            t = torch.searchsorted(R[l], jf)           # R[l, t] = Q(l, t - 1): q = t - 1
+            unsure = (R[l].index_select(0, t - 1) >= jf * (1 - _SAFE)) | \
+                (R[l].index_select(0, t) <= jf * (1 + _SAFE))
+            c = k2 + 1 - t
+        else:                                          # beyond float64's range: exact only
+            c, unsure = torch.zeros_like(k2), torch.ones_like(k2, dtype=torch.bool)
+        if bool(unsure.any()):                         # near a block edge: exact digits
+            r = unsure.nonzero()[:, 0]
+            c[r] = _count_digits(jd[:, r], Qd[:n, l], k2[r])
+        torch.index_select(y_of, 0, c, out=yT[p])
+        jd -= Sd[:n, l].gather(1, (k2 - c).expand(n, -1))
+        carry(jd)
+        k2 -= fall.index_select(0, c)
+        p += 1
+    j64 = j[0] | (j[1] << 32) if D > 1 else j[0]
+    return j64, k2, p
