@@ -290,18 +290,62 @@ def opus_targets(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+# ---- the search corpus: the fast tiers against the oracle on 10^6 random groups --------------
+
+CORPUS_GROUPS = 250_000                      # per (L, K) of OPUS_SETTINGS: 10^6 groups in all
+
+
+def search_corpus(groups: int = CORPUS_GROUPS, seed: int = 0, progress=None) -> list[dict]:
+    """For each (L, K) of ``OPUS_SETTINGS``, ``groups`` Gaussian groups searched by the
+    reference tier (the oracle: Python floats, Opus's greedy scan) and by the numba and
+    torch tiers (float32 filter, float64 near-ties): the number of groups where a tier's
+    point differs from the oracle's, and the oracle's CPU seconds."""
+    rows = []
+    for L, K in OPUS_SETTINGS:
+        X = np.random.default_rng([seed, L, K]).standard_normal((groups, L))
+        start = time.process_time()
+        ref = P.search_batch(X, K, backend="reference")
+        seconds = time.process_time() - start
+        row = {"L": L, "K": K, "groups": groups, "reference_seconds": seconds}
+        for tier, inp in (("numba", X), ("torch", torch.as_tensor(X))):
+            got = np.asarray(P.search_batch(inp, K, backend=tier))
+            row[f"differ_{tier}"] = int((got != ref).any(axis=1).sum())
+        rows.append(row)
+        if progress:
+            progress(row)
+    return rows
+
+
+def corpus_summary(rows: list[dict]) -> str:
+    """The corpus run in one sentence per tier (for the chapter and the benchmark)."""
+    total = sum(r["groups"] for r in rows)
+    settings = ", ".join(f"({r['L']}, {r['K']})" for r in rows)
+    return "\n".join(f"{tier}: {sum(r['differ_' + tier] for r in rows):,} of {total:,} "
+                      f"Gaussian groups differ from the reference tier's point "
+                      f"(settings {settings})" for tier in ("numba", "torch"))
+
+
 def main(argv=None):
     args, load = bench.command_line(
         "pyramid", __doc__, argv,
         scale=(float, 1.0, "batch size multiplier"),
         table=(str, "both", "which table to measure (pyramid.json, "
-               "pyramid_opus_settings.json or both)", ("throughput", "opus", "both")))
+               "pyramid_opus_settings.json or both), or the search corpus "
+               "(pyramid_search_corpus.json: 10^6 groups against the reference tier, "
+               "about 15 minutes)", ("throughput", "opus", "both", "corpus")))
     torch.set_num_threads(1)
     if args.table in ("throughput", "both"):
         run_table(args, load, "pyramid", table_header, table_row, measure_all, targets)
     if args.table in ("opus", "both"):
         run_table(args, os.getloadavg()[0], "pyramid_opus_settings", opus_header, opus_row,
                   measure_opus_settings, opus_targets)
+    if args.table == "corpus":
+        rows = search_corpus(progress=print)
+        print(corpus_summary(rows))
+        if args.save:
+            print("saved", bench.save("pyramid_search_corpus", rows,
+                                      {"groups": CORPUS_GROUPS, "seed": 0, "threads": 1},
+                                      load))
 
 
 def run_table(args, load, name, header, row, measure_rows, check):

@@ -199,14 +199,22 @@ def _top(bits):
     return top
 
 
-@njit(cache=True)
-def _above(bits, thr):
-    """(count of j with bits[j] >= thr, the sum of those j): the index when the count is 1."""
-    n, at = np.int32(0), np.int32(0)        # int32 lanes: twice as many per vector
-    for j in range(bits.shape[0]):
-        hit = np.int32(bits[j] >= thr)
+# Counting in floats under fastmath's reassociation is exact: the sums are of small
+# integers (a count <= L and an index sum <= L (L - 1) / 2), which float32 (L <= 4096:
+# sums < 2^24) or float64 (larger L) adds without rounding in any order, so the loop may
+# be vectorised; the compares are plain float compares.
+_FAST_SUM = {"reassoc", "nnan", "ninf", "nsz"}
+
+
+@njit(cache=True, fastmath=_FAST_SUM)
+def _above(s32, thr, idx):
+    """(count of j with s32[j] >= thr, the sum of those j), in idx's float type (idx[j] =
+    j): the index when the count is 1."""
+    n, at = idx[0] * 0, idx[0] * 0
+    for j in range(s32.shape[0]):
+        hit = idx[1] * (s32[j] >= thr)      # idx[1] = 1
         n += hit
-        at += hit * np.int32(j)
+        at += hit * idx[j]
     return n, at
 
 
@@ -260,7 +268,7 @@ def _scan(ax, y, xy, yy):
 
 
 @njit(cache=True, error_model="numpy")       # divisors are > 0 (checked inputs)
-def _search_kernel(X, K, out):
+def _search_kernel(X, K, idx, out):
     G, L = X.shape
     ax = np.empty(L)
     a32 = np.empty(L, dtype=np.float32)
@@ -301,7 +309,8 @@ def _search_kernel(X, K, out):
             box[0] = _top(bits)
             fbox[0] *= _KEEP                 # thr = top (1 - 2^-19), as float32, then bits
             thr = box[0]
-            n, c = _above(bits, thr)
+            n, at = _above(s32, fbox[0], idx)
+            c = np.int64(at)
             if n != 1:                       # a near-tie (or an exact one)
                 fbox[0] *= _KEEP
                 c = _near_tie(ax, y, xy, yy, bits, thr, box[0], cand)
@@ -319,7 +328,9 @@ def _search_kernel(X, K, out):
 
 def search_batch(X: np.ndarray, K: int, out: np.ndarray | None = None) -> np.ndarray:
     out = np.empty(X.shape, dtype=np.int64) if out is None else out
-    _search_kernel(X, K, out)
+    L = X.shape[1]                           # idx[j] = j, for _above's exact float sums
+    _search_kernel(X, K, np.arange(max(L, 2), dtype=np.float32 if L <= 4096 else np.float64),
+                   out)
     return out
 
 
