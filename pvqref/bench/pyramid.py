@@ -240,6 +240,18 @@ def opus_summary(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def torch_ratios(rows: list[dict]) -> str:
+    """The torch tier's rates over the Numba tier's, per (L, K) of an Opus-settings run (one
+    CPU thread), one line per setting, for the chapter."""
+    at = {(r["L"], r["K"], r["tier"]): r for r in rows}
+    lines = ["torch tier / numba tier, one CPU thread:"]
+    for L, K in OPUS_SETTINGS:
+        tc, nb = at[(L, K, "torch")], at[(L, K, "numba")]
+        lines.append(f"({L}, {K}): " + ", ".join(f"{op} {tc[op] / nb[op]:.2f}x"
+                                                 for op in ("search", "encode", "decode")))
+    return "\n".join(lines)
+
+
 def opus_agreement() -> str:
     """Where libopus's searches return another point than pvqref's on the same unit vectors,
     and how often pvqref's is the closer one in angle (results/opus_peer.json)."""
