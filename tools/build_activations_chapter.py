@@ -1,6 +1,8 @@
 """Write book/activations.ipynb from the cell list below (no outputs; tools/run_notebooks.py
-executes it and stores them). Kept so that the chapter's source reads as one file."""
+executes it and stores them). Kept so that the chapter's source reads as one file.
+With --keep-outputs only the sources of the executed notebook are replaced."""
 
+import sys
 from pathlib import Path
 
 from chapter_builder import Chapter
@@ -71,7 +73,8 @@ model, tok = data.load_model()
 texts = data.load_texts()
 windows = calibration.calibration_windows(tok, texts.joined("calibration"),
                                           *act_bench.CALIBRATION, seed=0)
-samples = activations.capture(model, windows[:2], tokens=16)   # 16 tokens per layer input
+# 16 tokens per layer input
+samples = activations.capture(model, windows[:2], tokens=16)
 print({n: X.shape for n, X in samples.items()})
 """)
 
@@ -83,9 +86,11 @@ read by the down projection. The chooser's candidates at 6 bits, best first:
 
 code(r"""
 cfg6, candidates = activations.choose(samples, 6)
-book.table(["n", "L", "K", "gain bits", "bits per activation", "relative MSE"],
+book.table(["n", "L", "K", "gain bits", "bits per activation",
+            "relative MSE"],
            [(r["n"], r["L"], r["K"], r["gain_bits"], r["bits"], r["rel_mse"])
-            for r in candidates if r["gain_bits"] >= 4], [None, None, None, None, ".3f", ".2e"])
+            for r in candidates if r["gain_bits"] >= 4],
+           [None, None, None, None, ".3f", ".2e"])
 """)
 
 md(r"""
@@ -99,9 +104,11 @@ X = samples[576][:8]
 Q = activations.encode(X, cfg6)
 c = Q.bit_counts()
 stored = (c["indices"] + c["gain_codes"] + c["row_norms"]) / X.size
-print(f"{stored:.4f} bits per activation stored, {cfg6.bits_per_activation(576):.4f} stated")
+print(f"{stored:.4f} bits per activation stored, "
+      f"{cfg6.bits_per_activation(576):.4f} stated")
 print("decodes to the simulated quantization:",
-      np.allclose(activations.decode(Q, cfg6), activations.quantize_dequantize(X, cfg6)))
+      np.allclose(activations.decode(Q, cfg6),
+                  activations.quantize_dequantize(X, cfg6)))
 """)
 
 md(r"""
@@ -116,11 +123,14 @@ activations carry outlier channels, and the rotation spreads them:
 code(r"""
 rows = []
 for n, X in sorted(samples.items()):
-    raw, rot = activations.crest_factor(X), activations.crest_factor(X, rotate_seed=0)
-    gauss = activations.crest_factor(np.random.default_rng(0).standard_normal(X.shape))
-    rows.append((n, np.median(raw), raw.max(), np.median(rot), rot.max(), np.median(gauss)))
-book.table(["n", "median, raw", "max, raw", "median, rotated", "max, rotated",
-            "median, Gaussian"], rows, [None] + [".1f"] * 5)
+    raw, rot = (activations.crest_factor(X),
+                activations.crest_factor(X, rotate_seed=0))
+    gauss = activations.crest_factor(
+        np.random.default_rng(0).standard_normal(X.shape))
+    rows.append((n, np.median(raw), raw.max(), np.median(rot), rot.max(),
+                 np.median(gauss)))
+book.table(["n", "median, raw", "max, raw", "median, rotated",
+            "max, rotated", "median, Gaussian"], rows, [None] + [".1f"] * 5)
 """)
 
 md(r"""
@@ -139,9 +149,11 @@ for b, pvq in configs.items():
     rtn = activations.ActivationConfig("rtn", b, True, 0)
     raw = activations.ActivationConfig("rtn", b, False)
     for n, X in sorted(samples.items()):
-        rows.append((b, n, *(activations.relative_error(X, c) for c in (pvq, rtn, raw))))
+        rows.append((b, n, *(activations.relative_error(X, c)
+                             for c in (pvq, rtn, raw))))
     rows.append((b, "576, Gaussian", activations.relative_error(gauss, pvq),
-                 activations.relative_error(gauss, rtn), activations.relative_error(gauss, raw)))
+                 activations.relative_error(gauss, rtn),
+                 activations.relative_error(gauss, raw)))
 book.table(["b", "n", "PVQ", "RTN rotated", "RTN unrotated"], rows,
            [None, None, ".2e", ".2e", ".2e"], align="rlrrr")
 """)
@@ -168,13 +180,17 @@ evaluation split):
 """)
 
 code(r"""
-ids = torch.tensor(tok(texts.joined("evaluation"), add_special_tokens=False)["input_ids"])
+ids = torch.tensor(tok(texts.joined("evaluation"),
+                       add_special_tokens=False)["input_ids"])
 live = {}
-for name, cfg in {"pvq": activations.calibrate(model, windows, 6),
-                  "rtn": activations.ActivationConfig("rtn", 6, True, 0)}.items():
+for name, cfg in {
+        "pvq": activations.calibrate(model, windows, 6),
+        "rtn": activations.ActivationConfig("rtn", 6, True, 0)}.items():
     with activations.enable(model, cfg) as hooks:
-        live[name] = {"perplexity": evaluate.perplexity(model, ids, 512, 20), "config": cfg}
-print(f"{hooks.calls} quantizations for {hooks.reads} layer inputs in 20 windows")
+        live[name] = {"perplexity": evaluate.perplexity(model, ids, 512, 20),
+                      "config": cfg}
+print(f"{hooks.calls} quantizations for {hooks.reads} layer inputs "
+      f"in 20 windows")
 """)
 
 code(r"""
@@ -293,4 +309,6 @@ consume the pyramid points directly; the search cost above is what PVQ adds to t
 """)
 
 if __name__ == "__main__":
-    CHAPTER.build(Path(__file__).resolve().parents[1] / "book" / "activations.ipynb")
+    # --keep-outputs: update the sources of the executed notebook, keep its outputs
+    CHAPTER.build(Path(__file__).resolve().parents[1] / "book" / "activations.ipynb",
+                  keep_outputs="--keep-outputs" in sys.argv[1:])

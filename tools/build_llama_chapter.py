@@ -1,6 +1,8 @@
 """Write book/llama.ipynb from the cell list below (no outputs; tools/run_notebooks.py
-executes it and stores them). Kept so that the chapter's source reads as one file."""
+executes it and stores them). Kept so that the chapter's source reads as one file.
+With --keep-outputs only the sources of the executed notebook are replaced."""
 
+import sys
 from pathlib import Path
 
 from chapter_builder import Chapter
@@ -49,10 +51,13 @@ torch.manual_seed(0)
 book.style()
 model, tok = data.load_model()
 texts = data.load_texts()
-ids = torch.tensor(tok(texts.joined("evaluation"), add_special_tokens=False)["input_ids"])
-windows = calibration.calibration_windows(tok, texts.joined("calibration"), 32, 512, seed=0)
-print(f"{sum(p.numel() for p in model.parameters()):,} parameters; calibration "
-      f"{tuple(windows.shape)}; evaluation split {len(ids):,} tokens")
+ids = torch.tensor(tok(texts.joined("evaluation"),
+                       add_special_tokens=False)["input_ids"])
+windows = calibration.calibration_windows(tok, texts.joined("calibration"),
+                                          32, 512, seed=0)
+print(f"{sum(p.numel() for p in model.parameters()):,} parameters; "
+      f"calibration {tuple(windows.shape)}; "
+      f"evaluation split {len(ids):,} tokens")
 """)
 
 md(r"""
@@ -85,8 +90,10 @@ a whole byte per tensor.
 code(r"""
 tensors = packed.layer_tensors(layer_codes)
 book.table(["tensor", "dtype", "elements", "bytes", "bits per weight"],
-           [(k, str(t.dtype).removeprefix("torch."), t.numel(), t.numel() * t.element_size(),
-             8 * t.numel() * t.element_size() / W.numel()) for k, t in tensors.items()],
+           [(k, str(t.dtype).removeprefix("torch."), t.numel(),
+             t.numel() * t.element_size(),
+             8 * t.numel() * t.element_size() / W.numel())
+            for k, t in tensors.items()],
            [None, None, ",", ",", ".4f"])
 """)
 
@@ -112,13 +119,15 @@ each layer's codes for packing.
 
 code(r"""
 start = time.perf_counter()
-qmodel, reports = pipeline.quantize_model(model, "pvq-h", 3.25, windows, keep_codes=True)
+qmodel, reports = pipeline.quantize_model(model, "pvq-h", 3.25, windows,
+                                          keep_codes=True)
 minutes = (time.perf_counter() - start) / 60
 print(f"{minutes:.1f} minutes on this machine")
 """, tags=["nbval-ignore-output"])
 
 code(r"""
-print(f"{len(reports)} layers, {pipeline.mean_bits_per_weight(reports):.4f} bits per "
+print(f"{len(reports)} layers, "
+      f"{pipeline.mean_bits_per_weight(reports):.4f} bits per "
       f"weight as the formats account them")
 """)
 
@@ -137,25 +146,30 @@ code(r"""
 import tempfile
 from pathlib import Path
 folder = Path(tempfile.mkdtemp()) / "smollm2-pvq-h-3.25"
-packed.save(qmodel, reports, folder, tok, info={"source": "embedded:SmolLM2-135M-Instruct"})
+packed.save(qmodel, reports, folder, tok,
+            info={"source": "embedded:SmolLM2-135M-Instruct"})
 info = packed.inspect(folder)
 book.table(["stored", "bytes", "bits per quantized weight"],
-           [(k, info["bytes_by_kind"][k], v) for k, v in info["bits_per_weight_by_kind"].items()]
-           + [("all quantized layers", info["quantized_bytes"], info["bits_per_weight_on_disk"])],
+           [(k, info["bytes_by_kind"][k], v)
+            for k, v in info["bits_per_weight_by_kind"].items()]
+           + [("all quantized layers", info["quantized_bytes"],
+               info["bits_per_weight_on_disk"])],
            [None, ",", ".4f"])
 """)
 
 code(r"""
-print(f"claimed {info['bits_per_weight_claimed']:.4f} bits per weight, on disk "
-      f"{info['bits_per_weight_on_disk']:.4f}")
-print(f"folder {info['folder_bytes'] / 1e6:.1f} MB against {info['fp16_model_bytes'] / 1e6:.1f}"
-      f" MB for the model in fp16 ({info['folder_bytes'] / info['fp16_model_bytes']:.3f}x)")
+print(f"claimed {info['bits_per_weight_claimed']:.4f} bits per weight, "
+      f"on disk {info['bits_per_weight_on_disk']:.4f}")
+print(f"folder {info['folder_bytes'] / 1e6:.1f} MB against "
+      f"{info['fp16_model_bytes'] / 1e6:.1f} MB for the model in fp16 "
+      f"({info['folder_bytes'] / info['fp16_model_bytes']:.3f}x)")
 """)
 
 code(r"""
 embed = model.model.embed_tokens.weight
 print(f"embedding {embed.shape[0]:,} x {embed.shape[1]}: "
-      f"{embed.numel() / sum(p.numel() for p in model.parameters()):.0%} of the parameters, "
+      f"{embed.numel() / sum(p.numel() for p in model.parameters()):.0%} "
+      f"of the parameters, "
       f"{2 * embed.numel() / info['folder_bytes']:.0%} of the folder (fp16)")
 """)
 
@@ -181,11 +195,13 @@ from transformers.utils import logging
 logging.disable_progress_bar()
 ours = pvqref.load_quantized(folder)
 theirs = AutoModelForCausalLM.from_pretrained(folder)
-same = all(torch.equal(ours.get_submodule(r.name).weight, qmodel.get_submodule(r.name).weight)
+same = all(torch.equal(ours.get_submodule(r.name).weight,
+                       qmodel.get_submodule(r.name).weight)
            for r in reports)
 with torch.no_grad():
     a, b = (m(ids[None, :512]).logits for m in (ours, theirs))
-print(f"weights as quantized, bit for bit: {same}; identical logits: {torch.equal(a, b)}")
+print(f"weights as quantized, bit for bit: {same}; "
+      f"identical logits: {torch.equal(a, b)}")
 """)
 
 md(r"""
@@ -219,9 +235,11 @@ next-token distributions at every position: how often both rank the same token f
 code(r"""
 live = run.evaluate_model(ours, model, ids)
 unquantized = run.evaluate_model(model, model, ids)
-book.table(["model", "ppl (512)", "ppl (2048)", "top-1 agreement", "KL (nats)"],
+book.table(["model", "ppl (512)", "ppl (2048)", "top-1 agreement",
+            "KL (nats)"],
            [(name, r["perplexity"], r["perplexity_2048"], r["top1"], r["kl"])
-            for name, r in (("unquantized", unquantized), ("PVQ-H 3.25, live", live))],
+            for name, r in (("unquantized", unquantized),
+                            ("PVQ-H 3.25, live", live))],
            [None, ".3f", ".3f", ".4f", ".4f"])
 """, tags=["nbval-ignore-output"])
 
@@ -239,12 +257,14 @@ recorded = bench.load("llama")
 row = next(r for r in recorded["rows"] if r["method"] == "pvq-h")
 print(bench.describe(recorded))
 print(f"recorded perplexity {row['perplexity']:.3f}; the live run "
-      f"{'agrees within 1%' if abs(row['perplexity'] / live['perplexity'] - 1) < 0.01 else 'DIFFERS'}")
+      f'''{"agrees within 1%"
+           if abs(row["perplexity"] / live["perplexity"] - 1) < 0.01
+           else "DIFFERS"}''')
 """)
 
 code(r"""
-print(f"recorded: {row['seconds'] / 60:.1f} minutes on {row['threads']} thread, peak "
-      f"resident memory {row['peak_rss_gb']:.2f} GB")
+print(f"recorded: {row['seconds'] / 60:.1f} minutes on {row['threads']} "
+      f"thread, peak resident memory {row['peak_rss_gb']:.2f} GB")
 """, tags=["nbval-ignore-output"])
 
 md(r"""
@@ -265,9 +285,12 @@ code(r"""
 ours_record, peers_record = bench.load("hessian_models"), bench.load("peers")
 rows = run.comparison(ours_record, peers_record)
 base = unquantized["perplexity"]
-book.table(["library", "setting", "bits per weight", "perplexity", "/ unquantized"],
-           [(r["library"], r["method"] if r["library"] == "pvqref" else r["setting"], r["bpw"],
-             r["perplexity"], r["perplexity"] / base) for r in rows],
+book.table(["library", "setting", "bits per weight", "perplexity",
+            "/ unquantized"],
+           [(r["library"],
+             r["method"] if r["library"] == "pvqref" else r["setting"],
+             r["bpw"], r["perplexity"], r["perplexity"] / base)
+            for r in rows],
            [None, None, ".3f", ".4g", ".3g"])
 """)
 
@@ -292,13 +315,18 @@ pvqh = {round(r["bpw"] * 4) / 4: r["perplexity"] for r in rows
 peers = [r for r in rows if r["library"] != "pvqref" and r["bpw"] <= 4.26]
 best_peer = min(peers, key=lambda r: r["perplexity"])
 low_peers = [r for r in rows if r["bpw"] < 2.6 and r["library"] != "pvqref"]
-low_ours = [r for r in rows if r["bpw"] < 2.6 and r["method"] in ("rtn", "gptq")]
+low_ours = [r for r in rows
+            if r["bpw"] < 2.6 and r["method"] in ("rtn", "gptq")]
 print(f"PVQ-H 3.25: x{pvqh[3.25] / base:.3f}; best peer up to 4.25 bits: "
-      f"{best_peer['library']} {best_peer['setting']} at {best_peer['bpw']:.2f} bits, "
+      f"{best_peer['library']} {best_peer['setting']} "
+      f"at {best_peer['bpw']:.2f} bits, "
       f"x{best_peer['perplexity'] / base:.3f}")
-print(f"PVQ-H 4.25: x{pvqh[4.25] / base:.3f};  PVQ-H 2.25: x{pvqh[2.25] / base:.3f}")
-print(f"below 2.6 bits: peers x{min(r['perplexity'] for r in low_peers) / base:,.0f} at "
-      f"best, our scalar methods x{min(r['perplexity'] for r in low_ours) / base:,.0f}")
+print(f"PVQ-H 4.25: x{pvqh[4.25] / base:.3f};  "
+      f"PVQ-H 2.25: x{pvqh[2.25] / base:.3f}")
+print(f"below 2.6 bits: peers "
+      f"x{min(r['perplexity'] for r in low_peers) / base:,.0f} at best, "
+      f"our scalar methods "
+      f"x{min(r['perplexity'] for r in low_ours) / base:,.0f}")
 """)
 
 md(r"""
@@ -317,8 +345,8 @@ prompt = peer["prompt"]
 for name, m in (("unquantized", model), ("PVQ-H 3.25", ours)):
     x = tok(prompt, return_tensors="pt", add_special_tokens=False)
     with torch.no_grad():
-        out = m.generate(**x, max_new_tokens=peer["new_tokens"], do_sample=False,
-                         pad_token_id=tok.eos_token_id)
+        out = m.generate(**x, max_new_tokens=peer["new_tokens"],
+                         do_sample=False, pad_token_id=tok.eos_token_id)
     print(f"{name}: {tok.decode(out[0, x['input_ids'].shape[1]:])!r}\n")
 print(f"GPTQModel {peer['setting']} (recorded): {peer['text']!r}")
 """, tags=["nbval-ignore-output"])
@@ -354,12 +382,14 @@ largest Hessian in float64.
 """)
 
 code(r"""
-est = {name: run.memory_estimate(*shape, kv_fraction=0.125 if "70B" in name else 1.0)
+est = {name: run.memory_estimate(
+           *shape, kv_fraction=0.125 if "70B" in name else 1.0)
        for name, shape in run.LLAMA_CONFIGS.items()}
-book.table(["model", "parameters (B)", "fp16 (GB)", "one block (GB)", "activations (GB)",
-            "largest H (GB)", "packed 3.25 bpw (GB)"],
-           [(n, e["parameters_b"], e["fp16_gb"], e["block_fp32_gb"], e["activations_gb"],
-             e["hessian_gb"], e["packed_gb"]) for n, e in est.items()],
+book.table(["model", "parameters (B)", "fp16 (GB)", "one block (GB)",
+            "activations (GB)", "largest H (GB)", "packed 3.25 bpw (GB)"],
+           [(n, e["parameters_b"], e["fp16_gb"], e["block_fp32_gb"],
+             e["activations_gb"], e["hessian_gb"], e["packed_gb"])
+            for n, e in est.items()],
            [None] + [".1f"] * 6)
 """)
 
@@ -379,9 +409,11 @@ stays small):
 code(r"""
 streamed = bench.load("stream")
 print(bench.describe(streamed))
-book.table(["model", "parameters (B)", "fp16 checkpoint (GB)", "path", "peak RSS (GB)"],
-           [(r["size"], r["parameters"] / 1e9, r["checkpoint_gb"], r["path"], r["peak_rss_gb"])
-            for r in streamed["rows"]], [None, ".2f", ".2f", None, ".2f"])
+book.table(["model", "parameters (B)", "fp16 checkpoint (GB)", "path",
+            "peak RSS (GB)"],
+           [(r["size"], r["parameters"] / 1e9, r["checkpoint_gb"], r["path"],
+             r["peak_rss_gb"]) for r in streamed["rows"]],
+           [None, ".2f", ".2f", None, ".2f"])
 """)
 
 md(r"""
@@ -449,4 +481,6 @@ its block; the memory figures above are estimates from shapes, not measurements.
 
 
 if __name__ == "__main__":
-    CHAPTER.build(Path(__file__).resolve().parents[1] / "book" / "llama.ipynb")
+    # --keep-outputs: update the sources of the executed notebook, keep its outputs
+    CHAPTER.build(Path(__file__).resolve().parents[1] / "book" / "llama.ipynb",
+                  keep_outputs="--keep-outputs" in sys.argv[1:])
