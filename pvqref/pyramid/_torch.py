@@ -243,14 +243,15 @@ def check_points(Y: torch.Tensor, K):
         K = sum(abs(v) for v in Y[0].tolist()) if len(Y) else 0
     L, K = check_LK(L, K)
     check_table(L, K)
-    # A point has |y_i| <= K; checking it first keeps the int64 norms exact (<= L K).
-    # abs(-2**63) is -2**63 in int64: hence the A < 0.
-    A = Y.abs()
-    big = (A > K) | (A < 0)
-    if bool(big.any()):
-        g, c = (int(v) for v in big.nonzero()[0])
-        raise beyond_K_error(g, c, abs(int(Y[g, c])), K)
-    norms = A.sum(dim=1)
+    # A point has |y_i| <= K; checking it first (one min/max pass) keeps the int64 norms
+    # exact (<= L K). abs(-2**63) is -2**63 in int64: hence the A < 0 when reporting.
+    if Y.numel():
+        lo, hi = torch.aminmax(Y)
+        if int(lo) < -K or int(hi) > K:
+            A = Y.abs()
+            g, c = (int(v) for v in ((A > K) | (A < 0)).nonzero()[0])
+            raise beyond_K_error(g, c, abs(int(Y[g, c])), K)
+    norms = Y.abs().sum(dim=1)
     bad = norms != K
     if bool(bad.any()):
         g = int(bad.nonzero()[0, 0])
@@ -269,13 +270,9 @@ def encode_batch(Y: torch.Tensor, K: int, out=None) -> torch.Tensor:
     if bits(L, K) > SMALL_BITS:
         return digits.encode(Y, K, n_limbs(L, K), out)
     T = _small_tables(L, K, str(Y.device)).reshape(-1)
-    half = (L + 1) * (K + 1)
-    base = ((L - torch.arange(L, device=Y.device)) * (K + 1))[None, :]
-    a = Y.abs()
-    at_N = (base + K + a) - a.cumsum(dim=1)          # flat index of N(l, k), k = pulses left
-    at_T = at_N - a
-    at_T += (Y > 0) * half                           # ... and of N or M (l, k - a)
-    rank = T.take(at_N).sum(dim=1) - T.take(at_T).sum(dim=1)
+    at_N, at_T = digits.term_indices(Y, K)           # (L, G)
+    rank = T.index_select(0, at_N.view(-1)).view(L, G).sum(dim=0)
+    rank -= T.index_select(0, at_T.view(-1)).view(L, G).sum(dim=0)
     if out is None:
         return rank[:, None]
     out[:, 0] = rank

@@ -154,15 +154,27 @@ def less(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 # ---- encode ---------------------------------------------------------------------------------
 
+def term_indices(Y: torch.Tensor, K: int):
+    """(at_N, at_T), each (L, G) int32, coordinate-major: the flat indices, in a table of N
+    then M over (l, k) (``encode_tables``, ``_torch._small_tables``), of N(l, k) and of
+    T(l, k - |y_p|) for every coordinate p of every group, k the pulses left before p
+    (T = M for y_p > 0, else N: then a zero coordinate's two entries cancel). int32 holds
+    every index (2 (L+1)(K+1) < 2^31 within the table limits) and halves the traffic."""
+    G, L = Y.shape
+    Yt = torch.empty((L, G), dtype=torch.int32, device=Y.device).copy_(Y.t())
+    A = Yt.abs()
+    base = ((L - torch.arange(L, device=Y.device, dtype=torch.int32)) * (K + 1) + K)
+    at_N = base[:, None] - (A.cumsum(dim=0, dtype=torch.int32) - A)
+    at_T = at_N - A
+    at_T += (Yt > 0).to(torch.int32) * ((L + 1) * (K + 1))
+    return at_N, at_T
+
+
 def encode(Y: torch.Tensor, K: int, W: int, out=None) -> torch.Tensor:
     """Ranks of the rows of Y (checked pyramid points of L1 norm K) as (G, W) limbs."""
     G, L = Y.shape
     T, digits = encode_tables(L, K, str(Y.device))
-    half = (L + 1) * (K + 1)
-    A = Y.abs().t().contiguous()                       # coordinate-major: (L, G)
-    base = ((L - torch.arange(L, device=Y.device)) * (K + 1))[:, None]
-    at_N = (base + K + A) - A.cumsum(dim=0)            # flat index of N(l, k)
-    at_T = at_N - A + (Y > 0).t() * half              # ... and of T(l, k - |y|)
+    at_N, at_T = term_indices(Y, K)
     acc = torch.empty((T.shape[0], G), dtype=torch.int64, device=Y.device)
     for d in range(T.shape[0]):
         n = sum(1 for l in range(L, 0, -1) if digits[l] > d)  # coordinates reaching digit d
