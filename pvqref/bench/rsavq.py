@@ -101,7 +101,9 @@ def _ablation(args, load, reference, windows, ids, fishers, weights, settings) -
     the row "base" is the base quantizer alone)."""
     from .. import rsavq
     from ..rsavq.quantize import RSAVQ
-    settings = {**settings, "lambda": args.ablation, "method": args.method}
+    settings = {k: v for k, v in settings.items() if k != "bpw"}    # the rows carry theirs
+    settings.update({"lambda": args.ablation, "method": args.method,
+                     "rates": [float(x) for x in args.rates.split(",")]})
     sens = {n: f.fisher.sensitivity(f.gradient) for n, f in fishers.items()}
     shifts = rsavq.edsg_shifts(fishers, weights, args.ablation)
     rows = []
@@ -149,3 +151,54 @@ def ablation_table(rows: list[tuple[str, dict]], fp: dict):
                       [(label, r["bpw"], r["perplexity"], r["perplexity"] / fp["perplexity"] - 1,
                         r["top1"], r["kl"]) for label, r in rows],
                       [None, ".3f", ".3f", ".3f", ".4f", ".4f"])
+
+
+# ---- the paper's ordering: base -> +EDSG -> +EDSG +WCSG, on both bases and both rates ------
+
+STEPS = ("base", "+edsg", "+edsg +wcsg")
+# (base quantizer, rate, recorded run) of the cumulative ablations beside the 3.25-bit PVQ-H
+# one (whose base and +EDSG rows are the sweep's lambda = 0 and 0.01 rows).
+ORDERING_RUNS = (("pvq-h", 2.25, "rsavq_ablation_225"), ("vq", 3.25, "rsavq_ablation_vq"),
+                 ("vq", 2.25, "rsavq_ablation_vq_225"))
+
+
+def orderings(sweep: dict, ablation: dict, runs: dict) -> list[tuple[str, float, dict]]:
+    """(base quantizer, rate, {step: row}) for every cumulative ablation recorded: PVQ-H at
+    3.25 bits from the sweep (``rsavq.json``: lambda 0 and the ablation's lambda) and
+    ``ablation`` (``rsavq_ablation.json``), then ``runs`` (name -> record, the files of
+    ``ORDERING_RUNS``)."""
+    lam = ablation["settings"]["lambda"]
+    first = {"base": next(r for r in sweep["rows"] if r["lambda"] == 0.0),
+             "+edsg": next(r for r in sweep["rows"] if r["lambda"] == lam),
+             "+edsg +wcsg": next(r for r in ablation["rows"] if r["label"] == "+edsg +wcsg")}
+    out = [("pvq-h", 3.25, first)]
+    for method, rate, name in ORDERING_RUNS:
+        by_label = {r["label"]: r for r in runs[name]["rows"]}
+        out.append((method, rate, {step: by_label[step] for step in STEPS}))
+    return out
+
+
+def ordering_table(rows: list[tuple[str, float, dict]], fp: dict):
+    """``orderings`` as the chapter's table: one line per base, rate and step."""
+    from .. import book
+    body = [(method, rate, step, r["bpw"], r["perplexity"], r["perplexity"] / fp["perplexity"] - 1,
+             r["top1"], r["kl"])
+            for method, rate, steps in rows for step, r in steps.items()]
+    return book.table(["base", "rate", "step", "bits per weight", "perplexity", "excess",
+                       "top-1", "KL (nats)"], body,
+                      [None, ".2f", None, ".3f", ".3f", ".3f", ".4f", ".4f"])
+
+
+def ordering_verdicts(rows: list[tuple[str, float, dict]], fp: dict) -> str:
+    """One line per base and rate: how each step changes the perplexity excess (ppl / ppl_fp
+    - 1), and whether the paper's ordering (each step better) holds or fails there."""
+    lines = []
+    for method, rate, s in rows:
+        ex = {k: r["perplexity"] / fp["perplexity"] - 1 for k, r in s.items()}
+        edsg, wcsg = ex["+edsg"] / ex["base"] - 1, ex["+edsg +wcsg"] / ex["+edsg"] - 1
+        holds = ex["base"] > ex["+edsg"] > ex["+edsg +wcsg"]
+        both = ex["+edsg +wcsg"] / ex["base"] - 1
+        lines.append(f"{method}, {rate} bits: excess {100 * edsg:+.0f}% with EDSG, "
+                     f"then {100 * wcsg:+.0f}% with WCSG ({100 * both:+.0f}% in all): "
+                     f"{'holds' if holds else 'fails'}")
+    return "\n".join(lines)
