@@ -79,3 +79,16 @@ def figure(nrows: int = 1, ncols: int = 1, height: float = PANEL_HEIGHT, **kwarg
     import matplotlib.pyplot as plt
     kwargs.setdefault("layout", "constrained")
     return plt.subplots(nrows, ncols, figsize=(COLUMN_WIDTH, height * nrows), **kwargs)
+
+
+TEXT_WIDTH = 80             # characters of printed text that fit the column without scrolling
+
+
+def wrap(text: str, width: int = TEXT_WIDTH) -> str:
+    """``text`` with each of its lines folded at ``width`` characters (continuations
+    indented by two spaces), for printed sentences that would otherwise scroll.
+
+    Used by every chapter (book/*.ipynb)."""
+    import textwrap
+    return "\n".join(textwrap.fill(line, width, subsequent_indent="  ") or line
+                     for line in text.splitlines())

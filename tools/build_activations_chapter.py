@@ -61,6 +61,8 @@ tokens captured from two calibration windows, and keeps the one of least error.
 """)
 
 code(r"""
+import textwrap
+
 import numpy as np
 import torch
 from pvqref import activations, bench, book, data, evaluate
@@ -206,7 +208,7 @@ at 4, 6 and 8 bits, and the weight-only model of the same run:
 code(r"""
 grids = {w: bench.load(f"activations_{w}") for w in ("fp", "pvqh")}
 for g in grids.values():
-    print(bench.describe(g))
+    print(textwrap.fill(bench.describe(g), 80))
 act_bench.check_live(grids["fp"], live)
 """)
 
@@ -235,16 +237,16 @@ and KL divergence, on the same windows:
 
 code(r"""
 agreement = bench.load("activations_agreement")
-print(bench.describe(agreement))
+print(textwrap.fill(bench.describe(agreement), 80))
 book.table(*act_bench.agreement_table(agreement))
 """)
 
 md(r"""
-At 8 bits PVQ's activations follow the weight-only model more closely than RTN's: a
-lower KL divergence and a higher top-1 agreement, although its perplexity is a hair
-higher. (This recorded run measured the 8-bit rows only; it was stopped before the
-6-bit ones.) So the honest statement of the grid is: PVQ below RTN in perplexity at 4
-and 6 bits, and at 8 bits below it in KL but not in perplexity.
+At 6 and at 8 bits PVQ's activations follow the weight-only model more closely than
+RTN's: a lower KL divergence and a higher top-1 agreement at both widths, although at 8
+bits its perplexity is a hair higher. So the honest statement of the grid is: PVQ below
+RTN in perplexity at 4 and 6 bits, and at 8 bits below it in KL and top-1 agreement but
+not in perplexity.
 
 ## What the search costs
 
@@ -256,7 +258,7 @@ layers that read the same input, on one CPU thread:
 
 code(r"""
 cost = bench.load("activations_cost")
-print(bench.describe(cost))
+print(textwrap.fill(bench.describe(cost), 80))
 book.table(*act_bench.cost_table(cost))
 """)
 
@@ -265,8 +267,8 @@ On the residual stream, where six products share one quantization, the Numba sea
 costs from about half of those products at 4 bits to a few times them at 8 bits: more
 bits mean more pulses to place. In front of the down projection, whose one product is
 small, it costs several times more than the product, and more than ten times at 8 bits.
-The torch tier, which would run this on a GPU, is an order of magnitude slower than
-Numba on a CPU (the pyramid kernels' speed is its own issue). None of this ran on a GPU here.
+The torch tier, which would run this on a GPU, is several times slower than Numba on one
+CPU thread (the table's Numba and torch columns). None of this ran on a GPU here.
 What we measure is the *simulated* quantization: the dequantized activations are
 multiplied by float weights. A deployment would need integer or lookup kernels that
 consume the pyramid points directly; the search cost above is what PVQ adds to them.
