@@ -267,7 +267,7 @@ On the residual stream, where six products share one quantization, the Numba sea
 costs from about half of those products at 4 bits to a few times them at 8 bits: more
 bits mean more pulses to place. In front of the down projection, whose one product is
 small, it costs several times more than the product, and more than ten times at 8 bits.
-The torch tier, which would run this on a GPU, is several times slower than Numba on one
+The torch tier, which would run this on a GPU, is three to twelve times slower than Numba on one
 CPU thread (the table's Numba and torch columns). None of this ran on a GPU here.
 What we measure is the *simulated* quantization: the dequantized activations are
 multiplied by float weights. A deployment would need integer or lookup kernels that
