@@ -30,7 +30,7 @@ import torch
 
 from .. import _checks
 from . import _torch_digits as digits
-from .reference import (beyond_K_error, bits, check_LK, check_table, count, count_table,
+from .reference import (beyond_K_error, bits, check_LK, check_table, count,
                         limbs_to_ints, n_limbs, norm_error, points_shape_error)
 
 
@@ -207,8 +207,7 @@ SMALL_BITS = digits.SMALL_BITS
 def _small_tables(L: int, K: int, device: str) -> torch.Tensor:
     """N and M as one (2, L+1, K+1) int64 tensor, for (L, K) whose counts fit SMALL_BITS
     (every entry used is <= N(L, K); M(l, K), never used, is clamped to fit)."""
-    N = count_table(L, K)
-    M = [N[0]] + [[N[l][k] + N[l - 1][k] for k in range(K + 1)] for l in range(1, L + 1)]
+    N, M = digits.counts_and_m(L, K)
     cap = (1 << 63) - 1
     return torch.tensor([[[min(v, cap) for v in row] for row in T] for T in (N, M)],
                         dtype=torch.int64, device=device)

@@ -94,15 +94,22 @@ def decode_tables(L: int, K: int, device: str):
             R.to(device), digits, l_small)
 
 
+def counts_and_m(L: int, K: int) -> tuple[list, list]:
+    """The rows N(l, .) and M(l, .) = N(l, .) + N(l-1, .) (M(0, .) = N(0, .)) for l <= L,
+    as exact Python ints: the two tables the encoders look up."""
+    N = count_table(L, K)
+    return list(N), [N[0]] + [[N[l][k] + N[l - 1][k] for k in range(K + 1)]
+                              for l in range(1, L + 1)]
+
+
 @lru_cache(maxsize=8)
 def encode_tables(L: int, K: int, device: str):
     """(T, digits): N and M as (D, 2 (L+1) (K+1)) digit planes (row-major (table, l, k) in
     each plane) and digits[l] = the digit count of N(l, K)."""
-    N = count_table(L, K)
-    M = [N[0]] + [[N[l][k] + N[l - 1][k] for k in range(K + 1)] for l in range(1, L + 1)]
+    N, M = counts_and_m(L, K)
     D = n_digits(N[L][K])
     cap = (1 << (32 * D)) - 1                # M(l, K) may not fit; it is never read
-    planes = _digit_planes([[min(v, cap) for v in row] for row in list(N) + M], D)
+    planes = _digit_planes([[min(v, cap) for v in row] for row in N + M], D)
     return torch.as_tensor(planes.reshape(D, -1), device=device), \
         [n_digits(N[l][K]) for l in range(L + 1)]
 
