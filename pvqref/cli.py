@@ -209,11 +209,14 @@ def cmd_eval(args) -> int:
     rows = {"path": str(args.path), "reference": reference,
             "bits_per_weight": qc["bits_per_weight"],
             "activations": None if act is None else act.config.to_dict()}
+    agree = evaluate.compare(model, ref_model, ids, 512, args.windows)   # one pass each
     for window in args.context:
         n = max(1, args.windows * 512 // window)
-        rows[f"perplexity_{window}"] = evaluate.perplexity(model, ids, window, n)
-        rows[f"reference_perplexity_{window}"] = evaluate.perplexity(ref_model, ids, window, n)
-    rows.update(evaluate.agreement(model, ref_model, ids, 512, args.windows))
+        rows[f"perplexity_{window}"], rows[f"reference_perplexity_{window}"] = (
+            (agree["perplexity"], agree["reference_perplexity"]) if window == 512 else
+            (evaluate.perplexity(model, ids, window, n),
+             evaluate.perplexity(ref_model, ids, window, n)))
+    rows.update(top1=agree["top1"], kl=agree["kl"])
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0

@@ -92,17 +92,34 @@ def agreement(model, reference, tokens_or_texts, window: int = 512,
     of positions where both rank the same next token first, and ``kl``, the mean
     KL(reference || model) of the next-token distributions in nats (float64).
     Chapter: Quantizing a real LLaMA model (book/llama.ipynb)."""
+    out = compare(model, reference, tokens_or_texts, window, max_windows, tokenizer)
+    return {"top1": out["top1"], "kl": out["kl"]}
+
+
+def compare(model, reference, tokens_or_texts, window: int = 512,
+            max_windows: int | None = None, tokenizer=None) -> dict:
+    """:func:`agreement` and both models' :func:`perplexity` from one forward pass of each
+    model per window: ``perplexity``, ``reference_perplexity``, ``top1``, ``kl``. With
+    ``reference is model`` the model runs once per window (agreement 1 and 0)."""
     batch = windows(_token_ids(tokens_or_texts, tokenizer), window, max_windows)
     device = next(model.parameters()).device
     ref_device = next(reference.parameters()).device
-    same, kl, count = 0, 0.0, 0
+    same, kl, nll, ref_nll, count = 0, 0.0, 0.0, 0.0, 0
     with torch.no_grad():
         for row in batch:
-            logp = torch.log_softmax(model(row[None].to(device), use_cache=False).logits[0, :-1]
-                                     .to(torch.float64), dim=-1).cpu()
-            logq = torch.log_softmax(reference(row[None].to(ref_device), use_cache=False)
-                                     .logits[0, :-1].to(torch.float64), dim=-1).cpu()
+            target = row[1:, None]
+            logp = _log_probs(model, row, device)
+            logq = logp if reference is model else _log_probs(reference, row, ref_device)
+            nll -= float(logp.gather(1, target).sum())
+            ref_nll -= float(logq.gather(1, target).sum())
             same += int((logp.argmax(-1) == logq.argmax(-1)).sum())
             kl += float((logq.exp() * (logq - logp)).sum())
             count += logp.shape[0]
-    return {"top1": same / count, "kl": kl / count}
+    return {"perplexity": math.exp(nll / count), "reference_perplexity": math.exp(ref_nll / count),
+            "top1": same / count, "kl": kl / count}
+
+
+def _log_probs(model, row: torch.Tensor, device) -> torch.Tensor:
+    """Next-token log-probabilities (float64, on the CPU) at every predicted position."""
+    logits = model(row[None].to(device), use_cache=False).logits[0, :-1]
+    return torch.log_softmax(logits.to(torch.float64), dim=-1).cpu()

@@ -90,6 +90,29 @@ def test_perplexity_protocol(tiny):
         evaluate.perplexity(tiny, ids[:10], window=32)
 
 
+def test_compare_gives_both_perplexities_and_the_agreement_in_one_pass(tiny):
+    ids = torch.randint(0, 256, (100,), generator=torch.Generator().manual_seed(3))
+    other = LlamaForCausalLM(tiny.config).eval()            # a second, different model
+    out = evaluate.compare(other, tiny, ids, window=32)
+    assert out["perplexity"] == pytest.approx(evaluate.perplexity(other, ids, 32), rel=1e-12)
+    assert out["reference_perplexity"] == pytest.approx(evaluate.perplexity(tiny, ids, 32),
+                                                        rel=1e-12)
+    top1, kl, count = 0, 0.0, 0                             # the definitions, spelled out
+    for w in ids[:96].reshape(3, 32):
+        with torch.no_grad():
+            p = torch.log_softmax(other(w[None]).logits[0, :-1].double(), -1)
+            q = torch.log_softmax(tiny(w[None]).logits[0, :-1].double(), -1)
+        top1 += int((p.argmax(-1) == q.argmax(-1)).sum())
+        kl += float((q.exp() * (q - p)).sum())
+        count += 31
+    assert 0 < out["top1"] < 1 and out["top1"] == top1 / count
+    assert out["kl"] > 0 and out["kl"] == pytest.approx(kl / count, rel=1e-12)
+    assert evaluate.agreement(other, tiny, ids, 32) == {"top1": out["top1"], "kl": out["kl"]}
+    alone = evaluate.compare(tiny, tiny, ids, window=32)  # one forward pass per window
+    assert alone["top1"] == 1 and alone["kl"] == 0
+    assert alone["perplexity"] == alone["reference_perplexity"] == out["reference_perplexity"]
+
+
 @pytest.mark.parametrize("method", [m for m in pipeline.METHODS if m != "vq"])  # vq: rows
 def test_quantize_model_reports_every_layer(tiny, windows, method):
     q, report = pipeline.quantize_model(tiny, method, 4.25, windows, group=32, L=16,

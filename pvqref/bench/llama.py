@@ -28,12 +28,13 @@ GRID = [("pvq-h", 3.25)]
 
 
 def evaluate_model(model, reference, ids) -> dict:
-    """Perplexities at 512 and 2048 tokens, top-1 agreement and KL to ``reference``."""
+    """Perplexities at 512 and 2048 tokens, top-1 agreement and KL to ``reference`` (the
+    512-token perplexity and the agreement from one pass: :func:`pvqref.evaluate.compare`)."""
     from .. import evaluate
-    out = {"perplexity": evaluate.perplexity(model, ids, EVALUATION[1], EVALUATION[0]),
-           "perplexity_2048": evaluate.perplexity(model, ids, LONG[1], LONG[0])}
-    out.update(evaluate.agreement(model, reference, ids, EVALUATION[1], EVALUATION[0]))
-    return out
+    out = evaluate.compare(model, reference, ids, EVALUATION[1], EVALUATION[0])
+    return {"perplexity": out["perplexity"],
+            "perplexity_2048": evaluate.perplexity(model, ids, LONG[1], LONG[0]),
+            "top1": out["top1"], "kl": out["kl"]}
 
 
 def model_case(method: str, bpw: float) -> dict:
