@@ -61,8 +61,6 @@ tokens captured from two calibration windows, and keeps the one of least error.
 """)
 
 code(r"""
-import textwrap
-
 import numpy as np
 import torch
 from pvqref import activations, bench, book, data, evaluate
@@ -208,7 +206,7 @@ at 4, 6 and 8 bits, and the weight-only model of the same run:
 code(r"""
 grids = {w: bench.load(f"activations_{w}") for w in ("fp", "pvqh")}
 for g in grids.values():
-    print(textwrap.fill(bench.describe(g), 80))
+    print(book.wrap(bench.describe(g)))
 act_bench.check_live(grids["fp"], live)
 """)
 
@@ -237,7 +235,7 @@ and KL divergence, on the same windows:
 
 code(r"""
 agreement = bench.load("activations_agreement")
-print(textwrap.fill(bench.describe(agreement), 80))
+print(book.wrap(bench.describe(agreement)))
 book.table(*act_bench.agreement_table(agreement))
 """)
 
@@ -258,7 +256,7 @@ layers that read the same input, on one CPU thread:
 
 code(r"""
 cost = bench.load("activations_cost")
-print(textwrap.fill(bench.describe(cost), 80))
+print(book.wrap(bench.describe(cost)))
 book.table(*act_bench.cost_table(cost))
 """)
 

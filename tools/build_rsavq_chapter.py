@@ -63,8 +63,6 @@ $N = F^{-1}\bar G = s\, A^{-1} \bar G B^{-1}$. Both factors are damped like GPTQ
 """)
 
 code(r"""
-import textwrap
-
 import numpy as np
 import torch
 from pvqref import bench, book, data
@@ -177,7 +175,7 @@ agreement and KL divergence to the unquantized model):
 code(r"""
 sweep = bench.load("rsavq")
 fp = chapter.unquantized_row()
-print(textwrap.fill(bench.describe(sweep), 80))
+print(book.wrap(bench.describe(sweep)))
 s = sweep["settings"]
 print(f"{s['method']} at {s['bpw']} bits per weight; unquantized "
       f"perplexity (final chapter's run): {fp['perplexity']:.3f}")
@@ -250,7 +248,7 @@ sweep), with the control described above:
 
 code(r"""
 abl = bench.load("rsavq_ablation")
-print(textwrap.fill(bench.describe(abl), 80))
+print(book.wrap(bench.describe(abl)))
 lam = abl["settings"]["lambda"]
 base = next(r for r in sweep["rows"] if r["lambda"] == 0.0)
 steered = next(r for r in sweep["rows"] if r["lambda"] == lam)
@@ -305,7 +303,7 @@ evaluation:
 code(r"""
 runs = {name: bench.load(name) for *_, name in rsavq_runs.ORDERING_RUNS}
 for run in runs.values():
-    print(textwrap.fill(bench.describe(run), 80))
+    print(book.wrap(bench.describe(run)))
 ordering = rsavq_runs.orderings(sweep, abl, runs)
 rsavq_runs.ordering_table(ordering, fp)
 """)
