@@ -67,7 +67,6 @@ def test_config_builds_offline_and_strictly():
     assert "tools/run_notebooks.py book/*.ipynb" in makefile
 
 
-
 def test_make_test_runs_the_notebooks_one_at_a_time():
     # Two notebook kernels side by side oversubscribe torch's threads on two cores (CI,
     # 12-07: the LLaMA chapter's live quantization passed nbval's cell timeout under -n 2).
@@ -77,6 +76,7 @@ def test_make_test_runs_the_notebooks_one_at_a_time():
     assert len(runs) == 2 and len(notebooks) == 1
     assert " -n " not in notebooks[0] and notebooks[0].rstrip().endswith(" book")
     assert "OMP_NUM_THREADS=1" in runs[0] and runs[0].rstrip().endswith(" tests")
+
 
 def _prints(tree: ast.AST) -> bool:
     """Does this code print or show something whenever it runs? Only top-level statements
