@@ -96,3 +96,26 @@ def test_out_buffers_are_checked(tier):
         P.decode_batch(I, L, K, backend=tier, out=np.empty((L, 4), np.int64).T)
     with pytest.raises(ValueError, match="shape"):
         P.encode_batch(torch.as_tensor(Y), K, backend=tier, out=torch.empty((4, 2), dtype=torch.int64))
+
+
+def test_torch_wide_decode_through_a_digit_left_at_minus_one(monkeypatch):
+    # The torch tier's wide decoder runs one unchecked carry round per coordinate, which
+    # leaves a digit at -1 where the subtraction's digit is 0 and the one below borrows.
+    # Build such an index: for an odd block q = 2m + 1 of the first coordinate,
+    # S(L, q) = Q(L, q - 1), so j = S(L, q) + 2^64 - 1 lies in block q when N(L-1, m) > 2^64,
+    # and its digits are S's with digit 0 one lower and digit 2 one higher.
+    from pvqref.pyramid import _torch_digits as D
+    L, K = 128, 187
+    Q, S = D.blocks(L, K)
+    N = P.count_table(L, K)
+    digit = lambda v, d: (v >> (32 * d)) & D.MASK32
+    q = next(2 * m + 1 for m in range(K) if N[L - 1][m] > 2 ** 64 and
+             digit(S[L][2 * m + 1], 0) >= 1 and digit(S[L][2 * m + 1], 2) < D.MASK32)
+    ints = [N[L][K] - (S[L][q] + 2 ** 64 - 1 + t) for t in (0, 2 ** 40, 2 ** 70)]
+    Y = np.array([P.decode(i, L, K) for i in ints])
+    seen = []
+    carry_once = D._carry_once
+    monkeypatch.setattr(D, "_carry_once", lambda v: seen.append(int(carry_once(v).min())) or v)
+    limbs = torch.as_tensor(P.ints_to_limbs(ints, L, K).view(np.int64))
+    assert (P.decode_batch(limbs, L, K, backend="torch").numpy() == Y).all()
+    assert seen[0] == -1                     # the first coordinate left a digit at -1

@@ -27,13 +27,16 @@ k - q // 2, positive for odd q. The next j is j - (Q(l, q) - N(l - 1, q // 2)), 
 k = q // 2 pulses left (the numba tier's algebra, written in j). So a coordinate costs one
 ``searchsorted`` of j and one subtraction of a table entry.
 
-The search runs on float64 values: j's from its digits (a sum of non-negative terms,
-relative error below 2^-49), Q's correctly rounded. The guess q is certain when
+The search runs on float64 values: j's from its (at most 31) digits, a dot product with
+relative error below 30 2^-53 < 2^-48, Q's correctly rounded. The guess q is certain when
 Q_f(q - 1) < j_f (1 - 2^-45) and j_f (1 + 2^-45) < Q_f(q); the rare groups where not (j
 on or within 2^-45 of a block edge, as for indices on block boundaries) are settled by
-bisection on the exact digits. The subtraction leaves digits in (-2^32, 2^32), put back in
-[0, 2^32) by carry rounds (one, nearly always). Once N(l, K) < 2^62 the rest of the group
-is decoded in int64 by ``_torch.py``.
+bisection on the exact digits. After each subtraction one carry round, without a check
+(a check costs a device sync per coordinate), keeps every digit in [-1, 2^32): the number
+is exact, its float64 reading as good (its top non-zero digit is >= 1, so the -1 terms
+are below 2^-31 of it), and a full carry normalises it before an exact comparison and
+where the digit count falls. Once N(l, K) < 2^62 the rest of the group is decoded in int64
+by ``_torch.py``.
 """
 
 from __future__ import annotations
@@ -162,26 +165,28 @@ def less(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 # ---- encode ---------------------------------------------------------------------------------
 
 def term_indices(Y: torch.Tensor, K: int):
-    """(at_N, at_T), each (L, G) int32, coordinate-major: the flat indices, in a table of N
-    then M over (l, k) (``encode_tables``, ``_torch._small_tables``), of N(l, k) and of
-    T(l, k - |y_p|) for every coordinate p of every group, k the pulses left before p
-    (T = M for y_p > 0, else N: then a zero coordinate's two entries cancel). int32 holds
-    every index (2 (L+1)(K+1) < 2^31 within the table limits) and halves the traffic."""
+    """(at_N, at_T), each (G, L) int32 like Y (int32 points, ``_torch.check_points``): the
+    flat indices, in a table of N then M over (l, k) (``encode_tables``,
+    ``_torch._small_tables``), of N(l, k) and of T(l, k - |y_p|) for every coordinate p of
+    every group, k the pulses left before p (T = M for y_p > 0, else N: then a zero
+    coordinate's two entries cancel). int32 holds every index (2 (L+1)(K+1) < 2^31 within
+    the table limits) and halves the traffic. Everything runs along the rows, in place
+    where it can: torch's CPU cumsum and transposes across rows cost several times more."""
     G, L = Y.shape
-    Yt = torch.empty((L, G), dtype=torch.int32, device=Y.device).copy_(Y.t())
-    A = Yt.abs()
-    base = ((L - torch.arange(L, device=Y.device, dtype=torch.int32)) * (K + 1) + K)
-    at_N = base[:, None] - (A.cumsum(dim=0, dtype=torch.int32) - A)
-    at_T = at_N - A
-    at_T += (Yt > 0).to(torch.int32) * ((L + 1) * (K + 1))
+    A = Y.abs()
+    base = (L - torch.arange(L, device=Y.device, dtype=torch.int32)) * (K + 1) + K
+    at_N = A.cumsum(dim=1, dtype=torch.int32)           # pulses used up to p ...
+    at_N.sub_(A).neg_().add_(base)                       # ... k = K - (used before p)
+    at_T = torch.sub(at_N, A)
+    at_T.add_(Y.clamp(0, 1), alpha=(L + 1) * (K + 1))  # y_p > 0: the M half
     return at_N, at_T
 
 
 def encode(Y: torch.Tensor, K: int, W: int, out=None) -> torch.Tensor:
-    """Ranks of the rows of Y (checked pyramid points of L1 norm K) as (G, W) limbs."""
+    """Ranks of the rows of Y (checked int32 pyramid points of L1 norm K) as (G, W) limbs."""
     G, L = Y.shape
     T, digits = encode_tables(L, K, str(Y.device))
-    at_N, at_T = term_indices(Y, K)
+    at_N, at_T = (a.t().contiguous() for a in term_indices(Y, K))    # (L, G): prefixes
     acc = torch.empty((T.shape[0], G), dtype=torch.int64, device=Y.device)
     for d in range(T.shape[0]):
         n = sum(1 for l in range(L, 0, -1) if digits[l] > d)  # coordinates reaching digit d
@@ -192,26 +197,39 @@ def encode(Y: torch.Tensor, K: int, W: int, out=None) -> torch.Tensor:
 
 # ---- decode ---------------------------------------------------------------------------------
 #
-# The block is counted from the top of the row, c = 2k - q: y_p = 0 for c = 0, and +1, -1,
-# +2, -2, ... for c = 1, 2, 3, 4, ...; k falls by |y_p| = (c + 1) // 2.
+# With q the first block index (Q(l, q) >= j), the block counted from the top of the row is
+# c = 2k - q: y_p = 0 for c = 0, and +1, -1, +2, -2, ... for c = 1, 2, 3, 4, ...; the pulses
+# left after p are k - (c + 1) // 2 = q // 2, so 2k becomes q with its low bit cleared.
 
 
-def y_of_count(K: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """For c = 0 .. 2K: y_p (0, +1, -1, +2, ...) and the fall of 2k, 2 |y_p|."""
+def y_of_count(K: int, device) -> torch.Tensor:
+    """For c = 0 .. 2K: y_p (0, +1, -1, +2, ...)."""
     c = torch.arange(2 * K + 1, device=device)
-    a = (c + 1) >> 1
-    return a * (2 * (c & 1) - 1), 2 * a
+    return ((c + 1) >> 1) * (2 * (c & 1) - 1)
 
 
-def _count_digits(j, Qd_l, k2):
-    """2k - (the first q in [0, 2k] with Q(l, q) >= j), by bisection on the exact digits
-    (the groups whose float64 count is not certain; j (D, n), Qd_l (D, 2K+1), k2 = 2k)."""
+def _first_block(j, Qd_l, k2):
+    """The first q in [0, 2k] with Q(l, q) >= j, by bisection on the exact digits (the groups
+    whose float64 guess is not certain; j (D, n) normalised, Qd_l (D, 2K+1), k2 = 2k)."""
     lo, hi = torch.zeros_like(k2), k2.clone()
     for _ in range(max(1, int(hi.max()).bit_length()) + 1):
         mid = (lo + hi) // 2
         below = less(Qd_l.gather(1, mid.expand(len(Qd_l), -1)), j) & (lo < hi)
         lo, hi = torch.where(below, mid + 1, lo), torch.where(below | (lo == hi), hi, mid)
-    return k2 - lo
+    return lo
+
+
+def _carry_once(v: torch.Tensor) -> torch.Tensor:
+    """One carry round on digits (D, G), in place, with no check (no device sync): after a
+    subtraction of normalised digits from digits in [-1, 2^32) every digit is in
+    (-2^32 - 1, 2^32), and one round puts it back in [-1, 2^32) (the bottom one in
+    [0, 2^32), the top one in [-1, 2^32]), the same number. The float64 guess reads such
+    digits as well (the negative terms are below 2^-30 of the value); ``carry`` normalises
+    fully before any exact comparison or before the digit count falls."""
+    c = v[:-1] >> 32
+    v[:-1] &= MASK32
+    v[1:] += c
+    return v
 
 
 def decode_wide(I: torch.Tensor, L: int, K: int, yT: torch.Tensor):
@@ -220,7 +238,7 @@ def decode_wide(I: torch.Tensor, L: int, K: int, yT: torch.Tensor):
     first coordinate left to ``_torch.py``'s int64 loop."""
     dev = I.device
     Qd, Sd, R, digits, l_small = decode_tables(L, K, str(dev))
-    y_of, fall = y_of_count(K, dev)
+    y_of = y_of_count(K, dev)
     G = I.shape[0]
     D = digits[L]
     j = carry(Qd[:D, L, 2 * K, None] - to_digits(I, D))         # N(L, K) - i
@@ -230,22 +248,25 @@ def decode_wide(I: torch.Tensor, L: int, K: int, yT: torch.Tensor):
     p = 0
     for l in range(L, l_small, -1):
         n = digits[l]
+        if l < L and n < digits[l + 1]:
+            carry(j)                                   # digits above n are now 0
         jd = j[:n]
         if n < 32:                                     # float64 holds j: guess, then check
             jf = pw[:n] @ jd.to(torch.float64)
             t = torch.searchsorted(R[l], jf)           # R[l, t] = Q(l, t - 1): q = t - 1
             unsure = (R[l].index_select(0, t - 1) >= jf * (1 - _SAFE)) | \
                 (R[l].index_select(0, t) <= jf * (1 + _SAFE))
-            c = k2 + 1 - t
+            q = t.sub_(1)
         else:                                          # beyond float64's range: exact only
-            c, unsure = torch.zeros_like(k2), torch.ones_like(k2, dtype=torch.bool)
+            q, unsure = torch.zeros_like(k2), torch.ones_like(k2, dtype=torch.bool)
         if bool(unsure.any()):                         # near a block edge: exact digits
             r = unsure.nonzero()[:, 0]
-            c[r] = _count_digits(jd[:, r], Qd[:n, l], k2[r])
-        torch.index_select(y_of, 0, c, out=yT[p])
-        jd -= Sd[:n, l].gather(1, (k2 - c).expand(n, -1))
-        carry(jd)
-        k2 -= fall.index_select(0, c)
+            q[r] = _first_block(carry(jd[:, r]), Qd[:n, l], k2[r])
+        torch.index_select(y_of, 0, k2 - q, out=yT[p])
+        jd -= Sd[:n, l].gather(1, q.expand(n, -1))
+        _carry_once(jd)
+        torch.bitwise_and(q, -2, out=k2)
         p += 1
+    carry(j)
     j64 = j[0] | (j[1] << 32) if D > 1 else j[0]
     return j64, k2, p
