@@ -131,7 +131,7 @@ def _greedy(ax, y, xy, yy, left, force_scan):
     G, L = ax.shape
     dev = ax.device
     a32 = ax.to(torch.float32)
-    d32 = (2 * y + 1).to(torch.float32)      # exact: 2 y_j + 1 <= 2K + 1 < 2^24
+    d32 = y.to(torch.float32).mul_(2).add_(1)    # exact: 2 y_j + 1 <= 2K + 1 < 2^24
     s = torch.empty_like(a32)
     den = torch.empty_like(a32)
     b = L.bit_length()
@@ -156,44 +156,43 @@ def _greedy(ax, y, xy, yy, left, force_scan):
         xy[:n] += ax[:n].gather(1, c)[:, 0]
         yy[:n] += d32[:n].gather(1, c)[:, 0]            # + (2 y_c + 1), exact
         d32[:n].scatter_add_(1, c, two[:n])
-    y.copy_(((d32 - 1) / 2).to(torch.int64))
+    y.copy_(d32.sub_(1).div_(2))             # exact small integers
 
 
-def _project(ax: torch.Tensor, axT: torch.Tensor, K: int) -> torch.Tensor:
-    """Step 1 of the search: y_j = floor((K + 0.8) a_j / sum(a)), the sum left to right
-    (over the rows of axT = ax transposed), or zeros if that overshoots K (it cannot in
-    exact arithmetic) or K <= L / 2."""
+# The set-up below works in place on a few (G, L) buffers: a fresh large tensor costs a page
+# fault per 4 KiB on first touch, which on the virtual machines measured here was up to a
+# third of the search time at L = 8 (tens of thousands of faults per call).
+
+def _project(ax: torch.Tensor, work: torch.Tensor, K: int):
+    """Step 1 of the search: y_j = floor((K + 0.8) a_j / sum(a)), the sum left to right, or
+    zeros if that overshoots K (it cannot in exact arithmetic); and the reference's
+    xy = sum_j a_j y_j (each product rounded, then added left to right) and yy = sum y_j^2.
+    ``work``: a float64 buffer of ax's size, overwritten. Returns (y, xy, yy)."""
     G, L = ax.shape
-    if K <= L // 2:
-        return torch.zeros((G, L), dtype=torch.int64, device=ax.device)
+    axT = work.view(L, G).copy_(ax.t())      # rows = columns of ax: contiguous sums
     s = axT[0].clone()
     for j in range(1, L):
         s += axT[j]
-    y = torch.floor(ax * (torch.full_like(s, K + 0.8) / s)[:, None]).to(torch.int64)
+    yf = torch.mul(ax, (torch.full_like(s, K + 0.8) / s)[:, None]).floor_()
+    y = yf.to(torch.int64)
+    yy = torch.mul(yf, yf, out=work).sum(dim=1)         # exact integers: any order
+    axT.copy_(yf.mul_(ax).t())                           # the products a_j y_j, transposed
+    xy = axT[0].clone()
+    for j in range(1, L):
+        xy += axT[j]
     over = y.sum(dim=1) > K
     if bool(over.any()):
-        y[over] = 0
-    return y
+        y[over], xy[over], yy[over] = 0, 0.0, 0.0
+    return y, xy, yy
 
 
-def _dot_left_to_right(axT: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """sum_j a_j y_j per group, each product rounded and added left to right, as the
-    reference does (no fused multiply-add: a separate mul and add)."""
-    xy = torch.zeros(y.shape[0], dtype=torch.float64, device=y.device)
-    yT = y.t().to(torch.float64)             # exact: |y_j| <= K
-    term = torch.empty_like(xy)
-    for j in range(y.shape[1]):
-        xy += torch.mul(axT[j], yT[j], out=term)
-    return xy
-
-
-def _signed(y: torch.Tensor, X: torch.Tensor, out=None) -> torch.Tensor:
+def _signed(y: torch.Tensor, X: torch.Tensor, work: torch.Tensor, out=None) -> torch.Tensor:
     """y_j with the sign of x_j (y_j where x_j >= 0, -0.0 included, -y_j where x_j < 0): a
-    float compare written into a float tensor and products, which torch runs several times
-    faster on a CPU than a bool mask and ``where``."""
-    f = torch.lt(X, 0, out=torch.empty_like(X))             # 1.0 where x_j < 0
-    f.mul_(-2).add_(1).mul_(y)                              # exact: |y_j| <= K < 2^53
-    return f.to(torch.int64) if out is None else out.copy_(f)
+    float compare written into the float64 buffer ``work``, then int64 products in place,
+    which torch runs several times faster on a CPU than a bool mask and ``where``."""
+    neg = torch.lt(X, 0, out=work)                           # 1.0 where x_j < 0
+    res = neg.to(torch.int64) if out is None else out.copy_(neg)
+    return res.mul_(-2).add_(1).mul_(y)                      # 1 - 2 [x_j < 0], times y_j
 
 
 def _search(X: torch.Tensor, K: int, force_scan: bool = False, out=None) -> torch.Tensor:
@@ -202,12 +201,11 @@ def _search(X: torch.Tensor, K: int, force_scan: bool = False, out=None) -> torc
     m = A.amax(dim=1, keepdim=True)
     _check_rows(X, m)
     ax = A.div_(m)
-    axT = ax.t().contiguous()                # (L, G): the left-to-right sums run on rows
-    y = _project(ax, axT, K)
+    work = torch.empty_like(ax)
     if K > L // 2:
-        xy = _dot_left_to_right(axT, y)
-        yy = (y * y).sum(dim=1).to(torch.float64)   # exact integers: order does not matter
+        y, xy, yy = _project(ax, work, K)
     else:                                    # no projection: y = 0
+        y = torch.zeros((G, L), dtype=torch.int64, device=X.device)
         xy = torch.zeros(G, dtype=torch.float64, device=X.device)
         yy = torch.zeros_like(xy)
     left = K - y.sum(dim=1)
@@ -219,7 +217,7 @@ def _search(X: torch.Tensor, K: int, force_scan: bool = False, out=None) -> torc
         _greedy(ax[part].index_select(0, order), y_part, xy[part].index_select(0, order),
                 yy[part].index_select(0, order), n_left, force_scan)
         y[part].index_copy_(0, order, y_part)           # back to the input's order
-    return _signed(y, X, out)
+    return _signed(y, X, work, out)
 
 
 def search_batch(X: torch.Tensor, K: int, force_scan: bool = False, out=None) -> torch.Tensor:
