@@ -119,3 +119,35 @@ def test_torch_wide_decode_through_a_digit_left_at_minus_one(monkeypatch):
     limbs = torch.as_tensor(P.ints_to_limbs(ints, L, K).view(np.int64))
     assert (P.decode_batch(limbs, L, K, backend="torch").numpy() == Y).all()
     assert seen[0] == -1                     # the first coordinate left a digit at -1
+
+
+def test_opus_settings_benchmark_times_both_tiers_side_by_side():
+    # benchmarks/bench_pyramid.py's Opus-settings table: a tiny run checks its rows and that
+    # every timed call wrote the right points (measure_opus_case asserts it).
+    from pvqref.bench.pyramid import measure_opus_case
+    rows = measure_opus_case(16, 12, scale=1e-3, rounds=2)
+    assert [r["tier"] for r in rows] == ["numba", "torch"]
+    assert all(r[op] > 0 for r in rows for op in ("search", "encode", "decode"))
+    assert rows[0]["index_bits"] == P.bits(16, 12)
+    assert all(r[op + "_page_faults"] >= 0 for r in rows for op in ("search", "encode", "decode"))
+
+
+def test_torch_search_chunk_by_chunk_and_checks_every_row_first(monkeypatch):
+    # The torch search runs chunk by chunk (work arrays of a chunk's size); force 12-row
+    # chunks: the points are the reference's across chunk edges, with and without the
+    # projection, and a bad row in a late chunk is refused before out is touched.
+    from pvqref.pyramid import _torch as PT
+    monkeypatch.setattr(PT, "_chunk", lambda device: 12 * 16)
+    X = corpus_groups(16, 12, "gauss", 100)
+    X[5, 3] = -0.0
+    for K in (5, 12, 40):
+        ref = P.search_batch(X, K, backend="reference")
+        out = torch.full((100, 16), 7, dtype=torch.int64)
+        assert P.search_batch(torch.as_tensor(X), K, backend="torch", out=out) is out
+        assert (out.numpy() == ref).all()
+    bad = torch.as_tensor(X.copy())
+    bad[90] = 0
+    out = torch.full((100, 16), 7, dtype=torch.int64)
+    with pytest.raises(ValueError, match="group 90 of X is all zeros"):
+        P.search_batch(bad, 5, backend="torch", out=out)
+    assert (out == 7).all()

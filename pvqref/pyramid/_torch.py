@@ -159,22 +159,22 @@ def _greedy(ax, y, xy, yy, left, force_scan):
     y.copy_(d32.sub_(1).div_(2))             # exact small integers
 
 
-# The set-up below works in place on a few (G, L) buffers: a fresh large tensor costs a page
-# fault per 4 KiB on first touch, which on the virtual machines measured here was up to a
-# third of the search time at L = 8 (tens of thousands of faults per call).
+# The set-up below works in place on a few buffers of a chunk's size: a fresh large tensor
+# costs a page fault per 4 KiB on first touch, which on the virtual machines measured here
+# was up to a third of the search time at L = 8 (tens of thousands of faults per call).
 
-def _project(ax: torch.Tensor, work: torch.Tensor, K: int):
-    """Step 1 of the search: y_j = floor((K + 0.8) a_j / sum(a)), the sum left to right, or
-    zeros if that overshoots K (it cannot in exact arithmetic); and the reference's
-    xy = sum_j a_j y_j (each product rounded, then added left to right) and yy = sum y_j^2.
-    ``work``: a float64 buffer of ax's size, overwritten. Returns (y, xy, yy)."""
+def _project(ax: torch.Tensor, work: torch.Tensor, yf: torch.Tensor, K: int, y: torch.Tensor):
+    """Step 1 of the search, into the int64 rows y: y_j = floor((K + 0.8) a_j / sum(a)), the
+    sum left to right, or zeros if that overshoots K (it cannot in exact arithmetic); and
+    the reference's xy = sum_j a_j y_j (each product rounded, then added left to right) and
+    yy = sum y_j^2, returned. ``work`` and ``yf``: float64 buffers of ax's size, clobbered."""
     G, L = ax.shape
     axT = work.view(L, G).copy_(ax.t())      # rows = columns of ax: contiguous sums
     s = axT[0].clone()
     for j in range(1, L):
         s += axT[j]
-    yf = torch.mul(ax, (torch.full_like(s, K + 0.8) / s)[:, None]).floor_()
-    y = yf.to(torch.int64)
+    torch.mul(ax, (torch.full_like(s, K + 0.8) / s)[:, None], out=yf).floor_()
+    y.copy_(yf)                              # exact: small integers
     yy = torch.mul(yf, yf, out=work).sum(dim=1)         # exact integers: any order
     axT.copy_(yf.mul_(ax).t())                           # the products a_j y_j, transposed
     xy = axT[0].clone()
@@ -183,44 +183,52 @@ def _project(ax: torch.Tensor, work: torch.Tensor, K: int):
     over = y.sum(dim=1) > K
     if bool(over.any()):
         y[over], xy[over], yy[over] = 0, 0.0, 0.0
-    return y, xy, yy
+    return xy, yy
 
 
-def _signed(y: torch.Tensor, X: torch.Tensor, work: torch.Tensor, out=None) -> torch.Tensor:
-    """y_j with the sign of x_j (y_j where x_j >= 0, -0.0 included, -y_j where x_j < 0): a
-    float compare written into the float64 buffer ``work``, then int64 products in place,
-    which torch runs several times faster on a CPU than a bool mask and ``where``."""
-    neg = torch.lt(X, 0, out=work)                           # 1.0 where x_j < 0
-    res = neg.to(torch.int64) if out is None else out.copy_(neg)
-    return res.mul_(-2).add_(1).mul_(y)                      # 1 - 2 [x_j < 0], times y_j
+def _search_rows(X: torch.Tensor, m: torch.Tensor, K: int, force_scan: bool,
+                 y: torch.Tensor) -> None:
+    """The search of one chunk of rows X (checked; m = its row maxima of |X|) into the int64
+    rows y: the projection, the greedy pulses on the rows sorted by pulses left (most
+    first), then the signs of X. Four float64 / int64 buffers of the chunk's size in all."""
+    G, L = X.shape
+    ax = torch.abs(X).div_(m)
+    work = torch.empty_like(ax)
+    if K <= L // 2:                          # no projection: every row has K pulses left
+        y.zero_()
+        xy = torch.zeros(G, dtype=torch.float64, device=X.device)
+        _greedy(ax, y, xy, torch.zeros_like(xy), torch.full_like(xy, K, dtype=torch.int64),
+                force_scan)
+        sign = torch.empty_like(y)
+    else:
+        ax_sorted = torch.empty_like(ax)
+        xy, yy = _project(ax, work, ax_sorted, K, y)
+        n_left, order = (K - y.sum(dim=1)).sort(descending=True)
+        sign = y.index_select(0, order)                 # the rows sorted, then the signs
+        _greedy(torch.index_select(ax, 0, order, out=ax_sorted), sign,
+                xy.index_select(0, order), yy.index_select(0, order), n_left, force_scan)
+        y.index_copy_(0, order, sign)                   # back to the input's order
+    # The signs: y_j where x_j >= 0 (-0.0 included), -y_j where x_j < 0, from a float
+    # compare written into a float tensor (torch runs it several times faster on a CPU
+    # than a bool mask and ``where``), then int64 products in place.
+    sign.copy_(torch.lt(X, 0, out=work))                # 1 where x_j < 0
+    y.mul_(sign.mul_(-2).add_(1))
 
 
 def _search(X: torch.Tensor, K: int, force_scan: bool = False, out=None) -> torch.Tensor:
+    """The search of every row of X (float64, shape-checked) into ``out`` or a new tensor,
+    chunk by chunk (``_chunk``), so that the work arrays stay a chunk's size. The values are
+    checked on every row before anything is written."""
     G, L = X.shape
-    A = X.abs()
-    m = A.amax(dim=1, keepdim=True)
-    _check_rows(X, m)
-    ax = A.div_(m)
-    work = torch.empty_like(ax)
-    if K > L // 2:
-        y, xy, yy = _project(ax, work, K)
-    else:                                    # no projection: y = 0
-        y = torch.zeros((G, L), dtype=torch.int64, device=X.device)
-        xy = torch.zeros(G, dtype=torch.float64, device=X.device)
-        yy = torch.zeros_like(xy)
-    left = K - y.sum(dim=1)
     rows = max(1, _chunk(X.device) // L)
-    for s0 in range(0, G, rows):
-        part = slice(s0, s0 + rows)
-        if K <= L // 2:                      # every row has K pulses left: already sorted
-            _greedy(ax[part], y[part], xy[part], yy[part], left[part], force_scan)
-            continue
-        n_left, order = left[part].sort(descending=True)
-        y_part = y[part].index_select(0, order)
-        _greedy(ax[part].index_select(0, order), y_part, xy[part].index_select(0, order),
-                yy[part].index_select(0, order), n_left, force_scan)
-        y[part].index_copy_(0, order, y_part)           # back to the input's order
-    return _signed(y, X, work, out)
+    parts = [slice(s0, s0 + rows) for s0 in range(0, G, rows)]
+    m = torch.cat([X[part].abs().amax(dim=1, keepdim=True) for part in parts]) if G else \
+        torch.zeros((0, 1), dtype=X.dtype, device=X.device)
+    _check_rows(X, m)
+    y = torch.empty((G, L), dtype=torch.int64, device=X.device) if out is None else out
+    for part in parts:
+        _search_rows(X[part], m[part], K, force_scan, y[part])
+    return y
 
 
 def search_batch(X: torch.Tensor, K: int, force_scan: bool = False, out=None) -> torch.Tensor:
