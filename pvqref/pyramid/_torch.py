@@ -201,7 +201,7 @@ def _search_rows(X: torch.Tensor, m: torch.Tensor, K: int, force_scan: bool,
                 force_scan)
         sign = torch.empty_like(y)
     else:
-        ax_sorted = torch.empty_like(ax)
+        ax_sorted = torch.empty_like(ax)                # the projection's scratch first
         xy, yy = _project(ax, work, ax_sorted, K, y)
         n_left, order = (K - y.sum(dim=1)).sort(descending=True)
         sign = y.index_select(0, order)                 # the rows sorted, then the signs
