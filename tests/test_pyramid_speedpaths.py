@@ -151,3 +151,94 @@ def test_torch_search_chunk_by_chunk_and_checks_every_row_first(monkeypatch):
     with pytest.raises(ValueError, match="group 90 of X is all zeros"):
         P.search_batch(bad, 5, backend="torch", out=out)
     assert (out == 7).all()
+
+
+# ---- the torch decoder's bucket lookup (``_torch_buckets.py``) ----------------------------
+
+def _edges(row):
+    """Every block edge Q(l, q) of a row with its neighbours, within [1, top]."""
+    return sorted(j for j in {v + d for v in row for d in (-1, 0, 1)} if 1 <= j <= row[-1])
+
+
+def _random(top, rng, n):
+    """n random j in [1, top] (exact ints of any size)."""
+    return sorted(1 + int(rng.integers(0, 2**62)) * top // 2**62 for _ in range(n))
+
+
+@pytest.mark.parametrize("L,K", [(8, 36), (16, 12), (32, 7), (128, 187), (3, 40), (2, 1000)])
+def test_bucket_lookup_is_the_first_block_at_every_edge(L, K):
+    # int64 rows (N(l, K) < 2^62): the two table reads and one compare give the first q
+    # with Q(l, q) >= j, as bisection does, at every edge, one off it, and at random j.
+    import bisect
+    from pvqref.pyramid import _torch_buckets as B, _torch_digits as D
+    Q = D.blocks(L, K)[0]
+    l_max = max(l for l in range(1, L + 1) if P.count(l, K) < 2**62)
+    shift, T, V = B.small_tables(L, K, l_max, "cpu")
+    assert shift[1] == -1 and all(shift[l] >= 0 for l in range(2, l_max + 1))
+    rng = np.random.default_rng(L * K)
+    for l in range(2, l_max + 1):
+        js = _edges(Q[l]) + _random(Q[l][-1], rng, 300)
+        j = torch.tensor(js)
+        q = torch.full((len(js),), -5, dtype=torch.int32)
+        B.first_block(j, shift[l], T[l], V[l], B.work_rows(j), out=q)
+        assert q.tolist() == [bisect.bisect_left(Q[l], v) for v in js], l
+
+
+@pytest.mark.parametrize("L,K", [(128, 187), (64, 300)])
+def test_wide_bucket_guess_is_right_where_it_says_it_is_sure(L, K):
+    # Wide rows: j is known to the decoder as a float64 within 2^-48; the guess must be
+    # the first block wherever it is not flagged, for j read low, exactly and high, and
+    # flag only the j next to an edge (none of the random ones, here).
+    import bisect
+    from pvqref.pyramid import _torch_buckets as B, _torch_digits as D
+    Q = D.blocks(L, K)[0]
+    _, _, R, _, l_small = D.decode_tables(L, K, "cpu")
+    shift, off, T, Vf = B.wide_tables(L, K, l_small + 1, "cpu")
+    rng = np.random.default_rng(L + K)
+    flagged = 0
+    for l in range(l_small + 1, L + 1):
+        assert shift[l] >= 0, l                 # every row within float64's range
+        edges, rand = _edges(Q[l]), _random(Q[l][-1], rng, 100)
+        for js in (edges, rand):
+            want = torch.tensor([bisect.bisect_left(Q[l], v) for v in js], dtype=torch.int32)
+            for err in (-(2.0**-48), 0.0, 2.0**-48):
+                jf = torch.tensor([float(v) * (1 + err) for v in js], dtype=torch.float64)
+                q = torch.empty(len(js), dtype=torch.int32)
+                unsure = D._guess_block(jf, l, shift, off, T, Vf, R, q)
+                assert (q[~unsure] == want[~unsure]).all(), (l, err)
+                if js is rand:
+                    assert not unsure.any(), (l, err)
+                else:
+                    flagged += int(unsure.sum())
+    assert flagged > 0                           # edges do reach the exact path
+
+
+def test_torch_one_limb_index_check_names_the_bad_group():
+    # One-limb indices are checked in one min/max pass; a bad one is still named.
+    L, K = 32, 7
+    top = P.count(L, K) - 1
+    Y = P.decode_batch(torch.tensor([[0], [top]]), L, K, backend="torch")
+    assert (Y.numpy() == np.array([P.decode(0, L, K), P.decode(top, L, K)])).all()
+    for bad in (top + 1, 2**63, 2**64 - 1):
+        I = torch.tensor([[0], [top], [bad - 2**64 if bad >= 2**63 else bad]])
+        with pytest.raises(ValueError, match=rf"index {bad} \(group 2\) out of range"):
+            P.decode_batch(I, L, K, backend="torch")
+
+
+@pytest.mark.parametrize("fmt", ["float32", "float64"])
+def test_bucket_margins_cover_the_error_of_j_as_a_float(fmt):
+    # An edge just below a power of two, whose j reads as a float in the next bucket: as
+    # float32 (an int64 j: 2^40 - 1 rounds to 2^40), or as float64 read high by 2^-48 (a
+    # wide j). The tables' margin still gives the bucket a T at or below j's block.
+    import bisect
+    from pvqref.pyramid import _torch_buckets as B
+    mant, bias, mu = B._F32 if fmt == "float32" else B._F64
+    e = 40 if fmt == "float32" else 60
+    row = [1, 2**e - (1 if fmt == "float32" else 1024), 2**(e + 1), 3 * 2**(e + 1)]
+    b, T = B._row_buckets(row, 0, mu)
+    ftype, itype = (np.float32, np.int32) if fmt == "float32" else (np.float64, np.int64)
+    for j in _edges(row):
+        f = np.array(j, dtype=ftype) * ftype(1 if fmt == "float32" else 1 + 2.0**-48)
+        t = (int(f.view(itype)) >> (mant - b)) - (bias << b)
+        q = int(T[t]) + (j > row[T[t]])
+        assert q == bisect.bisect_left(row, j), j

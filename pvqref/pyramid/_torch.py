@@ -12,9 +12,10 @@ reference tier's, reorganised so that one tensor operation serves all groups at 
   of a chunk are sorted by pulses left, so each pulse works on a leading block of rows.
 - Encode: the rank contributions of all coordinates are looked up in one table and summed
   in int64 (ranks below 2^62), or digit by digit in ``_torch_digits.py``.
-- Decode: coordinates in turn; for each, one ``searchsorted`` of j = N(l, k) - i in an
-  increasing table row gives the coordinate and one subtraction the next j, in int64, or
-  on 32-bit digits guided by float64 (``_torch_digits.py``) while the numbers are wider.
+- Decode: coordinates in turn; for each, a table lookup of j = N(l, k) - i in the buckets
+  of an increasing row (``_torch_buckets.py``) gives the coordinate and one subtraction
+  the next j, in int64, or on 32-bit digits guided by float64 (``_torch_digits.py``)
+  while the numbers are wider.
 
 Index limbs are int64 tensors holding the bit patterns of the uint64 limbs (see
 ``pvqref.pyramid``). The entry points take and return tensors (``pvqref.pyramid``
@@ -29,6 +30,7 @@ from functools import lru_cache
 import torch
 
 from .. import _checks
+from . import _torch_buckets as buckets
 from . import _torch_digits as digits
 from .reference import (beyond_K_error, bits, check_LK, check_table, count,
                         limbs_to_ints, n_limbs, norm_error, points_shape_error)
@@ -338,6 +340,10 @@ def check_indices(I: torch.Tensor, L: int, K: int) -> torch.Tensor:
         raise ValueError(f"indices for (L={L}, K={K}) must be a (G, {W}) tensor of limbs, "
                          f"got shape {tuple(I.shape)}")
     top = count(L, K) - 1                                   # largest valid index
+    if W == 1 and top < 1 << 63 and I.numel():   # fast path, one pass: a limb of 2^63
+        lo, hi = torch.aminmax(I)                 # or more reads negative in int64
+        if int(lo) >= 0 and int(hi) <= top:
+            return I                              # (else the loop below names the bad one)
     last = torch.tensor([(top >> (32 * d)) & digits.MASK32 for d in range(2 * W)],
                         dtype=torch.int64, device=I.device)
     bad = digits.less(last[:, None], digits.to_digits(I, 2 * W))
@@ -351,27 +357,25 @@ def check_indices(I: torch.Tensor, L: int, K: int) -> torch.Tensor:
 def decode_batch(I: torch.Tensor, L: int, K: int, out=None) -> torch.Tensor:
     """Points (G, L) int64 of (G, W) int64 limb tensors (checked by ``check_indices``).
 
-    Per coordinate, with j = N(l, k) - i: the first q with Q(l, q) >= j (one
-    ``searchsorted`` on an increasing row) gives y_p, then j -= S(l, q), k = q // 2
-    (``_torch_digits.py``). Indices wider than 2^62 run their first coordinates on digits
-    there, then the rest here in int64."""
+    Per coordinate, with j = N(l, k) - i: the first q with Q(l, q) >= j (two table reads
+    and one compare, ``_torch_buckets.py``; ``searchsorted`` on rows without a table) names
+    the block, then j -= S(l, q) (``_torch_digits.py``). The q of every coordinate is kept
+    and the points are read from them at the end (``points_of_blocks``). Indices wider
+    than 2^62 run their first coordinates on digits there, then the rest here in int64."""
     dev = I.device
-    G = I.shape[0]
-    yT = torch.empty((L, G), dtype=torch.int64, device=dev)
+    qT = torch.empty((L, I.shape[0]), dtype=torch.int32, device=dev)   # q <= 2K < 2^31
     if bits(L, K) > SMALL_BITS:
-        j, k2, p = digits.decode_wide(I, L, K, yT)
+        j, p = digits.decode_wide(I, L, K, qT)
     else:
-        j = count(L, K) - I[:, 0]                      # a new tensor: updated in place
-        k2, p = torch.full((G,), 2 * K, dtype=torch.int64, device=dev), 0
+        j, p = count(L, K) - I[:, 0], 0                # a new tensor: updated in place
     Q, S = _small_blocks(L, K, L - p, str(dev))
-    y_of = digits.y_of_count(K, dev)
+    shift, T, V = buckets.small_tables(L, K, L - p, str(dev))
+    work = buckets.work_rows(j)
     for p in range(p, L):
-        l = L - p
-        q = torch.searchsorted(Q[l], j)                # the block: y_p = y_of[2k - q]
-        torch.index_select(y_of, 0, k2 - q, out=yT[p])
-        j -= S[l].index_select(0, q)
-        k2 = q.bitwise_and_(-2)                        # 2k' = 2 (q // 2)
-    if out is None:
-        return yT.t().contiguous()
-    out.copy_(yT.t())
-    return out
+        l, q = L - p, qT[p]
+        if shift[l] < 0:
+            torch.searchsorted(Q[l], j, out_int32=True, out=q)
+        else:
+            buckets.first_block(j, shift[l], T[l], V[l], work, out=q)
+        j -= torch.index_select(S[l], 0, q, out=work[2])
+    return digits.points_of_blocks(qT, K, out)

@@ -25,12 +25,14 @@ coordinates and k pulses left. In j the blocks of coordinate p (y_p = 0, +k, -k,
 and the first q with Q(l, q) >= j names the block: y_p = 0 if q = 2k, else magnitude
 k - q // 2, positive for odd q. The next j is j - (Q(l, q) - N(l - 1, q // 2)), with
 k = q // 2 pulses left (the numba tier's algebra, written in j). So a coordinate costs one
-``searchsorted`` of j and one subtraction of a table entry.
+lookup of j's block (``_torch_buckets.py``: two table reads by the bits of j as a float)
+and one subtraction of a table entry. The decoder keeps each coordinate's q; the points
+are read from them at the end (``points_of_blocks``).
 
-The search runs on float64 values: j's from its (at most 31) digits, a dot product with
+The lookup runs on float64 values: j's from its (at most 31) digits, a dot product with
 relative error below 30 2^-53 < 2^-48, Q's correctly rounded. The guess q is certain when
-Q_f(q - 1) < j_f (1 - 2^-45) and j_f (1 + 2^-45) < Q_f(q); the rare groups where not (j
-on or within 2^-45 of a block edge, as for indices on block boundaries) are settled by
+j_f is not within about 2^-45 of the block edge Q_f(T) that the tables name; the rare
+groups where it is (j on a block edge, as for indices on block boundaries) are settled by
 bisection on the exact digits. After each subtraction one carry round, without a check
 (a check costs a device sync per coordinate), keeps every digit in [-1, 2^32): the number
 is exact, its float64 reading as good (its top non-zero digit is >= 1, so the -1 terms
@@ -47,6 +49,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from ._torch_buckets import wide_tables
 from .reference import count_table
 
 MASK32 = 0xFFFFFFFF
@@ -232,41 +235,73 @@ def _carry_once(v: torch.Tensor) -> torch.Tensor:
     return v
 
 
-def decode_wide(I: torch.Tensor, L: int, K: int, yT: torch.Tensor):
-    """Decode coordinates p = 0 .. L - l_small - 1 of the (G, W) index limbs I into the
-    rows of yT (L, G). Returns (j, k2, p): j (int64, < 2^62) and 2k of every group and the
-    first coordinate left to ``_torch.py``'s int64 loop."""
+def points_of_blocks(qT: torch.Tensor, K: int, out=None) -> torch.Tensor:
+    """The points (G, L) int64 of the decoder's blocks qT (L, G) int32 (overwritten):
+    coordinate p's block q_p and 2k_p (2K, then q_(p-1) with its low bit cleared) give
+    c = 2k_p - q_p and y_p = y(c). Whole-array passes with no temporary (a fresh one of
+    this size costs a page fault per 4 KiB on a CPU, as much as the pass): c is built in
+    ``out``'s memory, transposed in int32 into qT's, and read through y into ``out``."""
+    L, G = qT.shape
+    out = torch.empty((G, L), dtype=torch.int64, device=qT.device) if out is None else out
+    c = out.view(-1).view(torch.int32)[: L * G].view(L, G)         # out's memory
+    c[0] = 2 * K
+    torch.bitwise_and(qT[:-1], -2, out=c[1:])         # 2k_p
+    c -= qT
+    cT = qT.view(G, L).copy_(c.t())                    # qT is spent: its memory holds c^T
+    return torch.index_select(y_of_count(K, qT.device), 0, cT.view(-1), out=out.view(-1)) \
+        .view(G, L)
+
+
+def decode_wide(I: torch.Tensor, L: int, K: int, qT: torch.Tensor):
+    """Decode coordinates p = 0 .. L - l_small - 1 of the (G, W) index limbs I: their
+    blocks q into the rows of qT (L, G). Returns (j, p): j (int64, < 2^62) of every group
+    and the first coordinate left to ``_torch.py``'s int64 loop."""
     dev = I.device
     Qd, Sd, R, digits, l_small = decode_tables(L, K, str(dev))
-    y_of = y_of_count(K, dev)
+    shift, off, T, Vf = wide_tables(L, K, l_small + 1, str(dev))
     G = I.shape[0]
     D = digits[L]
     j = carry(Qd[:D, L, 2 * K, None] - to_digits(I, D))         # N(L, K) - i
-    k2 = torch.full((G,), 2 * K, dtype=torch.int64, device=dev)
     pw = torch.tensor([2.0 ** (32 * d) for d in range(min(D, 31))], dtype=torch.float64,
                       device=dev)
     p = 0
     for l in range(L, l_small, -1):
-        n = digits[l]
+        n, q = digits[l], qT[p]
         if l < L and n < digits[l + 1]:
             carry(j)                                   # digits above n are now 0
         jd = j[:n]
         if n < 32:                                     # float64 holds j: guess, then check
             jf = pw[:n] @ jd.to(torch.float64)
-            t = torch.searchsorted(R[l], jf)           # R[l, t] = Q(l, t - 1): q = t - 1
-            unsure = (R[l].index_select(0, t - 1) >= jf * (1 - _SAFE)) | \
-                (R[l].index_select(0, t) <= jf * (1 + _SAFE))
-            q = t.sub_(1)
+            unsure = _guess_block(jf, l, shift, off, T, Vf, R, q)
         else:                                          # beyond float64's range: exact only
-            q, unsure = torch.zeros_like(k2), torch.ones_like(k2, dtype=torch.bool)
+            unsure = torch.ones_like(q, dtype=torch.bool)
         if bool(unsure.any()):                         # near a block edge: exact digits
             r = unsure.nonzero()[:, 0]
-            q[r] = _first_block(carry(jd[:, r]), Qd[:n, l], k2[r])
-        torch.index_select(y_of, 0, k2 - q, out=yT[p])
-        jd -= Sd[:n, l].gather(1, q.expand(n, -1))
+            k2 = torch.full_like(r, 2 * K) if p == 0 else qT[p - 1, r].long() & -2
+            q[r] = _first_block(carry(jd[:, r]), Qd[:n, l], k2).to(q.dtype)
+        jd -= Sd[:n, l].gather(1, q.long().expand(n, -1))
         _carry_once(jd)
-        torch.bitwise_and(q, -2, out=k2)
         p += 1
     carry(j)
     j64 = j[0] | (j[1] << 32) if D > 1 else j[0]
-    return j64, k2, p
+    return j64, p
+
+
+def _guess_block(jf, l, shift, off, T, Vf, R, q):
+    """q = the first block with Q(l, q) >= j, from jf (j in float64, to 2^-48) by the
+    bucket tables (``_torch_buckets.py``) or ``searchsorted`` of the row R[l]; returns the
+    groups where the guess is not certain (jf near a block edge)."""
+    if shift[l] < 0:
+        t = torch.searchsorted(R[l], jf)               # R[l, t] = Q(l, t - 1): q = t - 1
+        q.copy_(t).sub_(1)
+        return (R[l].index_select(0, t - 1) >= jf * (1 - _SAFE)) | \
+            (R[l].index_select(0, t) <= jf * (1 + _SAFE))
+    key = torch.bitwise_right_shift(jf.view(torch.int64), shift[l]).add_(off[l])
+    torch.index_select(T, 0, key, out=q)
+    gap = Vf.index_select(0, key).view(torch.int64).sub_(jf.view(torch.int64))
+    q.sub_(gap >> 63)                                  # j > Q(l, T): the next block
+    # Positive floats order as their bit patterns, and each step of a pattern moves the
+    # float by at least 2^-53 of it: patterns more than 2^7 apart are floats more than
+    # 2^-46 apart (relative), too far for jf's error (2^-48) and Q's rounding (2^-53) to
+    # swap j and Q(l, T). The others are settled on the exact digits.
+    return gap.abs_() <= 2 ** 7
