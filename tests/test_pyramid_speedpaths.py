@@ -242,3 +242,18 @@ def test_bucket_margins_cover_the_error_of_j_as_a_float(fmt):
         t = (int(f.view(itype)) >> (mant - b)) - (bias << b)
         q = int(T[t]) + (j > row[T[t]])
         assert q == bisect.bisect_left(row, j), j
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "zeros"])
+def test_numba_search_checks_every_group_before_writing(bad):
+    # The numba tier checks X's values in its own jitted pass (pvqref.pyramid leaves them
+    # to it): a bad late group is refused, with the reference's message, before out is
+    # touched.
+    X = corpus_groups(16, 12, "gauss", 50)
+    X[47] = {"nan": np.nan, "inf": -np.inf, "zeros": 0.0}[bad]
+    out = np.full((50, 16), 7)
+    msg = "group 47 of X is all zeros" if bad == "zeros" else "NaN or Inf"
+    for tier in ("numba", "reference"):
+        with pytest.raises(ValueError, match=msg):
+            P.search_batch(X, 12, backend=tier, out=out)
+    assert (out == 7).all()

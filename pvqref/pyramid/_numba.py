@@ -43,7 +43,7 @@ import numpy as np
 from numba import njit
 
 from ._numba_limbs import decode_limbs, encode_limbs
-from .reference import check_LK, check_table, n_limbs
+from .reference import NOT_FINITE, check_LK, check_table, n_limbs, zero_group_error
 
 _ZERO = np.uint64(0)
 _ONE = np.uint64(1)
@@ -323,11 +323,31 @@ def _search_kernel(X, K, idx, out):
             out[g, j] = -y[j] if X[g, j] < 0 else y[j]
 
 
+@njit(cache=True)
+def _first_bad_group(X):
+    """(g, why) of the first group with a NaN or Inf (why = 1) or only zeros (why = 2), or
+    (-1, 0): one pass, before the search writes anything."""
+    for g in range(X.shape[0]):
+        m, bad = 0.0, False
+        for j in range(X.shape[1]):
+            v = abs(X[g, j])
+            m = max(m, v)
+            bad |= not v < np.inf             # NaN or Inf
+        if bad:
+            return g, 1
+        if m == 0.0:
+            return g, 2
+    return -1, 0
+
+
 # ---- entry points: the reference tier's names (inputs checked by pvqref.pyramid) -----------
 # ``out`` (optional) is a C-contiguous writable array of the result's shape and dtype,
-# checked by pvqref.pyramid; every entry is written.
+# checked by pvqref.pyramid; every entry is written. search_batch checks X's values itself.
 
 def search_batch(X: np.ndarray, K: int, out: np.ndarray | None = None) -> np.ndarray:
+    g, why = _first_bad_group(X)
+    if why:
+        raise ValueError(NOT_FINITE) if why == 1 else zero_group_error(g)
     out = np.empty(X.shape, dtype=np.int64) if out is None else out
     L = X.shape[1]                           # idx[j] = j, for _above's exact float sums
     _search_kernel(X, K, np.arange(max(L, 2), dtype=np.float32 if L <= 4096 else np.float64),

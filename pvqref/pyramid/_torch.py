@@ -33,7 +33,8 @@ from .. import _checks
 from . import _torch_buckets as buckets
 from . import _torch_digits as digits
 from .reference import (beyond_K_error, bits, check_LK, check_table, count,
-                        limbs_to_ints, n_limbs, norm_error, points_shape_error)
+                        limbs_to_ints, n_limbs, norm_error, points_shape_error,
+                        zero_group_error)
 
 
 # ---- search ---------------------------------------------------------------------------------
@@ -52,8 +53,7 @@ def _check_rows(X: torch.Tensor, m: torch.Tensor) -> None:
     if bool((torch.isfinite(m) & (m > 0)).all()):
         return
     _checks.finite(X, "X")
-    raise ValueError(f"group {int((m[:, 0] == 0).nonzero()[0, 0])} of X is all zeros: "
-                     "no direction")
+    raise zero_group_error(int((m[:, 0] == 0).nonzero()[0, 0]))
 
 
 def _scan_argmax(num, den):

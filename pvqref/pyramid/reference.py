@@ -83,6 +83,14 @@ def norm_error(g: int, norm: int, K: int) -> ValueError:
                       "(all groups of a batch share K)")
 
 
+# ... and of a bad batch of groups to search.
+NOT_FINITE = "X contains NaN or Inf"
+
+
+def zero_group_error(g: int) -> ValueError:
+    return ValueError(f"group {g} of X is all zeros: no direction")
+
+
 def check_table(L: int, K: int) -> None:
     """Refuse (L, K) (checked ints) whose count table is beyond the documented limits."""
     if L <= MAX_TABLE_L and K <= MAX_TABLE_K and _table_limbs(L, K) <= MAX_TABLE_LIMBS:
