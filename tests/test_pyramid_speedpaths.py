@@ -257,3 +257,21 @@ def test_numba_search_checks_every_group_before_writing(bad):
         with pytest.raises(ValueError, match=msg):
             P.search_batch(X, 12, backend=tier, out=out)
     assert (out == 7).all()
+
+
+def test_torch_search_counts_in_float64_when_float32_products_may_round():
+    # The count of scores above the threshold is read off a float32 matrix product, which
+    # users may let torch compute in TF32 or bfloat16: then the search counts in float64.
+    from pvqref.pyramid import _torch as PT
+    X = corpus_groups(16, 12, "gauss", 40)
+    ref = P.search_batch(X, 12, backend="reference")
+    cpu = torch.device("cpu")
+    before = torch.get_float32_matmul_precision()
+    assert before == "highest" and PT.exact_float32_matmul(cpu)
+    try:
+        torch.set_float32_matmul_precision("medium")
+        assert not PT.exact_float32_matmul(cpu)
+        assert (P.search_batch(torch.as_tensor(X), 12, backend="torch").numpy() == ref).all()
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert PT.exact_float32_matmul(cpu)

@@ -107,6 +107,20 @@ def _chunk(device) -> int:
     return 1 << 19 if device.type == "cpu" else 1 << 22
 
 
+def exact_float32_matmul(device) -> bool:
+    """Whether a float32 matrix product on ``device`` is computed in IEEE float32 now. Users
+    may allow TF32 or bfloat16 for float32 products (``torch.set_float32_matmul_precision``,
+    the per-backend ``fp32_precision`` switches, ``allow_tf32``): then a count read off
+    the product (``_alone_above``) would be rounded, so it is made in float64 instead."""
+    if torch.get_float32_matmul_precision() != "highest":
+        return False
+    backend = torch.backends.cuda.matmul if device.type == "cuda" else \
+        getattr(torch.backends.mkldnn, "matmul", None)
+    if device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+        return False
+    return getattr(backend, "fp32_precision", "none") in ("none", "ieee")
+
+
 def _alone_above(s, thr, wv, b):
     """Per row of the float32 scores s (n, L): (c, alone), alone = exactly one j has
     s_j >= thr (n,), and c that j.
@@ -116,7 +130,8 @@ def _alone_above(s, thr, wv, b):
     a CPU). Its product with wv_j = 1 + 2^b j (2^b > L) is 1 + 2^b c when one j is above,
     exact in float32 (< 2^24); with two or more it is count + 2^b (sum of j), exact below
     2^24 and an even integer above, so its low b bits read 1 only when one j is above.
-    Overwrites s."""
+    (wv is float64 where float32 products are not computed in IEEE float32:
+    ``exact_float32_matmul``.) Overwrites s."""
     w = torch.ge(s, thr[:, None], out=s)
     v = (w.to(wv.dtype) @ wv).to(torch.int64)
     return v >> b, (v & ((1 << b) - 1)) == 1
@@ -138,7 +153,7 @@ def _greedy(ax, y, xy, yy, left, force_scan):
     den = torch.empty_like(a32)
     b = L.bit_length()
     wv = (1 + (torch.arange(L, device=dev, dtype=torch.float64) * 2 ** b))
-    wv = wv.to(torch.float32 if L < 4096 else torch.float64)
+    wv = wv.to(torch.float32 if L < 4096 and exact_float32_matmul(dev) else torch.float64)
     two = torch.full((G, 1), 2.0, device=dev)
     active = torch.bincount(left, minlength=int(left[0]) + 1 if G else 1)
     active = (G - active.cumsum(0))[:-1].tolist()       # rows with more than t pulses left
