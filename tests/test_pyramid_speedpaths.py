@@ -275,3 +275,13 @@ def test_torch_search_counts_in_float64_when_float32_products_may_round():
     finally:
         torch.set_float32_matmul_precision(before)
     assert PT.exact_float32_matmul(cpu)
+
+
+@pytest.mark.parametrize("K", [4094, 4095])
+def test_torch_search_both_sides_of_the_exact_denominators(K):
+    # The torch search keeps yy + d_j in place while (K + 1)^2 < 2^24 (exact integers in
+    # float32) and recomputes it from yy rounded to float32 above: the reference's points
+    # on both sides of that edge.
+    X = corpus_groups(6, K, "gauss", 30)
+    ref = P.search_batch(X, K, backend="reference")
+    assert (P.search_batch(torch.as_tensor(X), K, backend="torch").numpy() == ref).all()

@@ -137,42 +137,54 @@ def _alone_above(s, thr, wv, b):
     return v >> b, (v & ((1 << b) - 1)) == 1
 
 
-def _greedy(ax, y, xy, yy, left, force_scan):
+def _greedy(ax, y, xy, yy, left, K, force_scan):
     """Add the remaining pulses of a chunk of rows in place (y, xy, yy), all rows at once,
     the rows sorted by pulses left (most first), so that the rows still adding pulses at
     each step are a leading block of the chunk.
 
     Each pulse scores every candidate in float32; rows whose top score is not alone above
     thr (near-ties, about 3% per pulse at L = 128) are settled in float64 by
-    ``_pulse_argmax``. The loop keeps d_j = 2 y_j + 1 (exact in float32), not y."""
+    ``_pulse_argmax``. The loop keeps d_j = 2 y_j + 1 (exact in float32), not y, and the
+    denominators yy + d_j: integers, exact in float32 and updated in place when below 2^24
+    ((K + 1)^2 < 2^24; else recomputed from yy rounded to float32, as the bound assumes).
+    A pulse's updates read and write one entry per row through flat indices."""
     G, L = ax.shape
     dev = ax.device
     a32 = ax.to(torch.float32)
     d32 = y.to(torch.float32).mul_(2).add_(1)    # exact: 2 y_j + 1 <= 2K + 1 < 2^24
     s = torch.empty_like(a32)
-    den = torch.empty_like(a32)
+    den = torch.add(d32, yy[:, None].to(torch.float32))
+    exact_den = (K + 1) ** 2 < 2 ** 24
     b = L.bit_length()
     wv = (1 + (torch.arange(L, device=dev, dtype=torch.float64) * 2 ** b))
     wv = wv.to(torch.float32 if L < 4096 and exact_float32_matmul(dev) else torch.float64)
-    two = torch.full((G, 1), 2.0, device=dev)
+    two = torch.full((G,), 2.0, device=dev)
+    row_at = torch.arange(0, G * L, L, device=dev)     # flat index of each row's entry 0
+    ax_f, d_f, den_f = ax.view(-1), d32.view(-1), den.view(-1)
     active = torch.bincount(left, minlength=int(left[0]) + 1 if G else 1)
     active = (G - active.cumsum(0))[:-1].tolist()       # rows with more than t pulses left
     for n in active:
         sv, dv = s[:n], den[:n]
         torch.add(a32[:n], xy[:n, None].to(torch.float32), out=sv)
         sv.mul_(sv)
-        torch.add(d32[:n], yy[:n, None].to(torch.float32), out=dv)
+        if not exact_den:
+            torch.add(d32[:n], yy[:n, None].to(torch.float32), out=dv)
         sv.div_(dv)
         c, alone = _alone_above(sv, sv.amax(dim=1).mul_(_KEEP), wv, b)
         if force_scan or not bool(alone.all()):
-            r = (~alone | force_scan).nonzero()[:, 0]
+            r = torch.arange(n, device=dev) if force_scan else (~alone).nonzero()[:, 0]
             t = ax.index_select(0, r).add_(xy.index_select(0, r)[:, None])
-            e = d32.index_select(0, r).to(torch.float64).add_(yy.index_select(0, r)[:, None])
+            e = den.index_select(0, r).to(torch.float64) if exact_den else \
+                d32.index_select(0, r).to(torch.float64).add_(yy.index_select(0, r)[:, None])
             c[r] = _pulse_argmax(t.mul_(t), e, force_scan)
-        c = c[:, None]
-        xy[:n] += ax[:n].gather(1, c)[:, 0]
-        yy[:n] += d32[:n].gather(1, c)[:, 0]            # + (2 y_c + 1), exact
-        d32[:n].scatter_add_(1, c, two[:n])
+        at = c.add_(row_at[:n])                          # the pulse's entry in each row
+        dc = d_f.index_select(0, at)                     # 2 y_c + 1, before the pulse
+        xy[:n] += ax_f.index_select(0, at)
+        yy[:n] += dc                                     # exact
+        d_f.index_add_(0, at, two[:n])
+        if exact_den:                                    # yy + d_j: + dc, and + 2 at c
+            dv.add_(dc[:, None])
+            den_f.index_add_(0, at, two[:n])
     y.copy_(d32.sub_(1).div_(2))             # exact small integers
 
 
@@ -214,7 +226,7 @@ def _search_rows(X: torch.Tensor, m: torch.Tensor, K: int, force_scan: bool,
     if K <= L // 2:                          # no projection: every row has K pulses left
         y.zero_()
         xy = torch.zeros(G, dtype=torch.float64, device=X.device)
-        _greedy(ax, y, xy, torch.zeros_like(xy), torch.full_like(xy, K, dtype=torch.int64),
+        _greedy(ax, y, xy, torch.zeros_like(xy), torch.full_like(xy, K, dtype=torch.int64), K,
                 force_scan)
         sign = torch.empty_like(y)
     else:
@@ -223,7 +235,7 @@ def _search_rows(X: torch.Tensor, m: torch.Tensor, K: int, force_scan: bool,
         n_left, order = (K - y.sum(dim=1)).sort(descending=True)
         sign = y.index_select(0, order)                 # the rows sorted, then the signs
         _greedy(torch.index_select(ax, 0, order, out=ax_sorted), sign,
-                xy.index_select(0, order), yy.index_select(0, order), n_left, force_scan)
+                xy.index_select(0, order), yy.index_select(0, order), n_left, K, force_scan)
         y.index_copy_(0, order, sign)                   # back to the input's order
     # The signs: y_j where x_j >= 0 (-0.0 included), -y_j where x_j < 0, from a float
     # compare written into a float tensor (torch runs it several times faster on a CPU
