@@ -285,3 +285,14 @@ def test_torch_search_both_sides_of_the_exact_denominators(K):
     X = corpus_groups(6, K, "gauss", 30)
     ref = P.search_batch(X, K, backend="reference")
     assert (P.search_batch(torch.as_tensor(X), K, backend="torch").numpy() == ref).all()
+
+
+def test_a_nan_anywhere_is_named_before_a_group_of_zeros():
+    # Every tier looks for NaN and Inf in the whole batch first, then for a group of zeros.
+    X = corpus_groups(8, 5, "gauss", 20)
+    X[3] = 0.0
+    X[15, 2] = np.nan
+    for tier in P.BACKENDS:
+        Xin = torch.as_tensor(X) if tier == "torch" else X
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            P.search_batch(Xin, 5, backend=tier)

@@ -323,19 +323,34 @@ def _search_kernel(X, K, idx, out):
             out[g, j] = -y[j] if X[g, j] < 0 else y[j]
 
 
+@njit(cache=True, fastmath={"reassoc"})
+def _not_finite(flat):
+    """True if the 1-D array holds a NaN or Inf: x * 0 is NaN exactly for those, and a sum
+    is NaN once any term is, in whatever order it is added (so it vectorises)."""
+    acc = 0.0
+    for i in range(flat.shape[0]):
+        acc += flat[i] * 0.0
+    return acc != acc
+
+
 @njit(cache=True)
 def _first_bad_group(X):
-    """(g, why) of the first group with a NaN or Inf (why = 1) or only zeros (why = 2), or
-    (-1, 0): one pass, before the search writes anything."""
-    for g in range(X.shape[0]):
-        m, bad = 0.0, False
-        for j in range(X.shape[1]):
-            v = abs(X[g, j])
-            m = max(m, v)
-            bad |= not v < np.inf             # NaN or Inf
-        if bad:
-            return g, 1
-        if m == 0.0:
+    """(g, why) of the first group with a NaN or Inf (why = 1; looked for first, anywhere,
+    as the reference tier does) or else of the first group of only zeros (why = 2), or
+    (-1, 0), before the search writes anything. A group is all zeros when the OR of its
+    bit patterns, shifted past the sign bit, is 0 (-0.0 counts as zero)."""
+    G, L = X.shape
+    if _not_finite(X.reshape(-1)):
+        for g in range(G):
+            for j in range(L):
+                if not abs(X[g, j]) < np.inf:
+                    return g, 1
+    bits = X.view(np.uint64)
+    for g in range(G):
+        nz = _ZERO
+        for j in range(L):
+            nz |= bits[g, j] << _ONE
+        if nz == _ZERO:
             return g, 2
     return -1, 0
 
