@@ -30,8 +30,8 @@ j was read as, and of the tables' float64 arithmetic (about 2^-53):
 
 A row that no b <= ``B_MAX`` makes simple within ``MAX_ROW`` buckets (the last row, l = 1:
 its entries 1, 2, 2, ... repeat), or that passes float64's range, keeps ``searchsorted``
-(shift -1). The tables hold about 14,000 entries at the small settings of the benchmark
-and 270,000 at (128, 187).
+(shift -1). The tables hold 4,000 to 20,000 entries at the small settings of the benchmark
+(the int32 keys' padding included) and about 320,000 at (128, 187).
 
 The numba tier keeps its own decoder: the same lookup there, one group at a time, makes
 each coordinate a chain of dependent loads (j, its bucket, the edge, the step, the next j)
