@@ -335,20 +335,16 @@ def _not_finite(flat):
 
 @njit(cache=True)
 def _first_bad_group(X):
-    """(g, why) of the first group with a NaN or Inf (why = 1; looked for first, anywhere,
-    as the reference tier does) or else of the first group of only zeros (why = 2), or
+    """(-1, 1) if X holds a NaN or Inf anywhere (looked for first, as the reference tier
+    does; the message names no group), else (g, 2) for the first group of only zeros, or
     (-1, 0), before the search writes anything. A group is all zeros when the OR of its
     bit patterns, shifted past the sign bit, is 0 (-0.0 counts as zero)."""
-    G, L = X.shape
     if _not_finite(X.reshape(-1)):
-        for g in range(G):
-            for j in range(L):
-                if not abs(X[g, j]) < np.inf:
-                    return g, 1
+        return -1, 1
     bits = X.view(np.uint64)
-    for g in range(G):
+    for g in range(X.shape[0]):
         nz = _ZERO
-        for j in range(L):
+        for j in range(X.shape[1]):
             nz |= bits[g, j] << _ONE
         if nz == _ZERO:
             return g, 2
